@@ -9,7 +9,10 @@ axis, and so is its normalisation over the window. The dense kernel is therefore
 where ``A_i[b, k, :]`` is element ``k``'s normalised footprint along axis ``i`` (a vector of the
 axis' window size). In 2D this is ``K[b] = A_0[b]^T diag(w[b]) A_1[b]``: one batched matmul,
 with intermediates of size ``B * K * s`` instead of the ``B * K * s^d`` (times ``d``) tensors
-the official implementation materialises.
+the official implementation materialises (:class:`DenseFootprints`, used by the triangle and
+Gaussian profiles). A bilinear element touches only two taps per axis, so its ``2^d`` corner
+values are scattered straight into the kernel (:class:`TapFootprints`), with work independent
+of the window size.
 
 Conventions (unlike the official 2D v1/triangle/gauss code, which stores the width first):
 ``positions[i]`` is the offset along kernel axis ``i`` in PyTorch's order (2D: ``positions[0]``
@@ -22,13 +25,16 @@ batch shape, so models can share positions across layers and build the factors o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "Footprints",
+    "DenseFootprints",
+    "TapFootprints",
     "Interpolation",
     "INTERPOLATIONS",
     "resolve_interpolation",
@@ -45,49 +51,257 @@ __all__ = [
 _NORM_EPS = 1e-7
 
 
-def _bilinear(distance: Tensor, sigma: Tensor | None) -> Tensor:
-    return torch.relu(1.0 - distance.abs())
+def _triangle(distance: Tensor, width: Tensor) -> Tensor:
+    return torch.relu(width - distance.abs())
 
 
-def _triangle(distance: Tensor, sigma: Tensor) -> Tensor:
-    return torch.relu(sigma - distance.abs())
+def _gauss(distance: Tensor, width: Tensor) -> Tensor:
+    return torch.exp(-0.5 * (distance / width).square())
 
 
-def _gauss(distance: Tensor, sigma: Tensor) -> Tensor:
-    return torch.exp(-0.5 * (distance / sigma).square())
+def _window_grid(sizes: Sequence[int], like: Tensor) -> tuple[Tensor, Tensor]:
+    """Centres ``(d, 1, ..., 1)`` and index grid ``(d, 1, ..., 1, max(sizes))`` for ``like``'s rank."""
+    shape = (len(sizes),) + (1,) * (like.dim() - 1)
+    centres = torch.tensor([s // 2 for s in sizes], dtype=like.dtype, device=like.device).view(shape)
+    grid = torch.arange(max(sizes), dtype=like.dtype, device=like.device).expand(*shape, max(sizes))
+    return centres, grid
 
 
-@dataclass(frozen=True)
+class Footprints:
+    """Every element's normalised footprint along every kernel axis, ready to meet the weights.
+
+    Built once from positions (and widths) by :func:`axis_footprints`, then combined with one or
+    more weight tensors by :meth:`kernel` (shared positions: one ``Footprints`` per stage, one
+    :meth:`kernel` call per block).
+    """
+
+    sizes: tuple[int, ...]
+
+    def kernel(self, weight: Tensor) -> Tensor:
+        """``(*batch, K)`` weights -> ``(*batch, *sizes)`` dense kernel."""
+        raise NotImplementedError
+
+    def dense(self) -> list[Tensor]:
+        """Per-axis footprints as dense tensors: ``d`` tensors ``(*batch, K, sizes[i])``."""
+        raise NotImplementedError
+
+
+class DenseFootprints(Footprints):
+    """Footprints stored densely along each axis (any profile), combined by a batched matmul.
+
+    ``K[b] = sum_k w[b, k] A_0[b, k, :] x ... x A_{d-1}[b, k, :]``: the first ``d - 1`` factors
+    meet the weights by broadcasting (size ``B * K * s_0 * ... * s_{d-2}``), the last one by a
+    batched matmul over ``K``. In 2D that is ``K[b] = A_0[b]^T diag(w[b]) A_1[b]``.
+    """
+
+    def __init__(self, factors: Sequence[Tensor]) -> None:
+        self.factors = list(factors)
+        self.sizes = tuple(f.shape[-1] for f in self.factors)
+
+    def dense(self) -> list[Tensor]:
+        return self.factors
+
+    def kernel(self, weight: Tensor) -> Tensor:
+        *leading, last = self.factors
+        batch_shape = torch.broadcast_shapes(weight.shape[:-1], *(f.shape[:-2] for f in self.factors))
+        count = weight.shape[-1]
+        left = weight.unsqueeze(-1)
+        for factor in leading:
+            left = (left.unsqueeze(-1) * factor.unsqueeze(-2)).flatten(-2)
+        left = left.expand(*batch_shape, count, left.shape[-1]).reshape(-1, count, left.shape[-1])
+        right = last.expand(*batch_shape, *last.shape[-2:]).reshape(-1, count, last.shape[-1])
+        return torch.bmm(left.transpose(1, 2), right).reshape(*batch_shape, *self.sizes)
+
+
+def _outer(factors: Sequence[Tensor]) -> Tensor:
+    """Products of one entry of each ``(2, *batch, K)`` factor, all combinations: ``(2^d, *batch, K)``."""
+    product = factors[0]
+    for factor in factors[1:]:
+        product = (product.unsqueeze(1) * factor.unsqueeze(0)).flatten(0, 1)
+    return product
+
+
+class _TapKernel(torch.autograd.Function):
+    """``(weight, positions) -> kernel`` for bilinear taps, with a hand-written backward.
+
+    The taps and their values are computed once, without autograd, when the footprints are
+    built; here each element's ``2^d`` corners are scattered into the kernel. The backward
+    gathers the kernel's gradient ``G`` at the corners: ``dW = sum_c G_c coef_c`` and, since a
+    tap's value is ``1 - r`` or ``r`` with ``dr/dp = 1``,
+    ``dp_i = w sum_c G_c (-1 or +1) prod_{j != i} value_j``. Autograd over the same arithmetic
+    builds dozens of tiny nodes that cost more than the work. The corner dimension leads so that
+    every elementwise op runs over the long, contiguous ``(*batch, K)`` block.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, positions: Tensor, footprints: "TapFootprints") -> Tensor:
+        coefficient = _outer(footprints.values.unbind(0))  # (2^d, *batch, K)
+        value = coefficient * weight
+        batch_shape = value.shape[1:-1]
+        index = footprints.corner_index.expand_as(value)
+        # scatter along the flattened window: (*batch, 2^d * K)
+        flat_index = index.movedim(0, -2).reshape(*batch_shape, -1)
+        kernel = value.new_zeros(*batch_shape, math.prod(footprints.sizes))
+        kernel.scatter_add_(-1, flat_index, value.movedim(0, -2).reshape(*batch_shape, -1))
+        ctx.save_for_backward(weight, flat_index, coefficient)
+        ctx.footprints, ctx.positions_shape = footprints, positions.shape
+        return kernel.view(*batch_shape, *footprints.sizes)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_kernel: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        weight, flat_index, coefficient = ctx.saved_tensors
+        footprints = ctx.footprints
+        batch_shape = flat_index.shape[:-1]
+        grad_flat = grad_kernel.reshape(*batch_shape, -1).gather(-1, flat_index)
+        grad_corners = grad_flat.view(*batch_shape, coefficient.shape[0], -1).movedim(-2, 0).contiguous()
+        grad_weight = grad_positions = None
+        if ctx.needs_input_grad[0]:
+            grad_weight = (grad_corners * coefficient).sum(0).sum_to_size(weight.shape)
+        if ctx.needs_input_grad[1]:
+            values = list(footprints.values.unbind(0))
+            per_axis = []
+            for axis in range(len(values)):
+                derivative = _outer(values[:axis] + [footprints.slopes[axis]] + values[axis + 1 :])
+                per_axis.append((grad_corners * derivative).sum(0) * weight)
+            grad_positions = torch.stack(per_axis).sum_to_size(ctx.positions_shape)
+        return grad_weight, grad_positions, None
+
+
+class TapFootprints(Footprints):
+    """Footprints with two taps per axis (bilinear), combined by scattering ``2^d`` corners.
+
+    Attributes:
+        positions: ``(d, *batch, K)`` the positions the taps were computed from (gradients
+            flow back to them).
+        taps: ``(d, 2, *batch, K)`` int64 indices of the two taps along each axis.
+        values: ``(d, 2, *batch, K)`` the taps' weights (summing to one per element and axis).
+        slopes: ``(d, 2, 1, ..., 1)`` derivative of the two tap values by the position: ``(-1, 1)``,
+            or ``(0, 0)`` along size-1 axes, whose single tap never moves.
+
+    Work and memory are ``O(B * K * 2^d)``, independent of the window size. CUDA's scatter-add is
+    not deterministic, so under ``torch.use_deterministic_algorithms(True)`` on a GPU the kernel
+    is built through :class:`DenseFootprints` instead.
+    """
+
+    def __init__(self, positions: Tensor, taps: Tensor, values: Tensor, slopes: Tensor, sizes: Sequence[int]):
+        self.positions, self.taps, self.values, self.slopes = positions, taps, values, slopes
+        self.sizes = tuple(sizes)
+        # flat index of each corner in the kernel, (2^d, *batch, K); shared by every kernel() call
+        strides = [math.prod(self.sizes[axis + 1 :]) for axis in range(len(self.sizes))]
+        self.corner_index = _outer_sum([taps[axis] * stride for axis, stride in enumerate(strides)])
+
+    def kernel(self, weight: Tensor) -> Tensor:
+        if weight.is_cuda and torch.are_deterministic_algorithms_enabled():
+            return DenseFootprints(self.dense()).kernel(weight)
+        return _TapKernel.apply(weight, self.positions, self)
+
+    def dense(self) -> list[Tensor]:
+        # Axis i's footprints are 1D "kernels" of unit-weight single elements, one per element.
+        dense = []
+        for axis, size in enumerate(self.sizes):
+            single = TapFootprints(
+                self.positions[axis : axis + 1].unsqueeze(-1),
+                self.taps[axis : axis + 1].unsqueeze(-1),
+                self.values[axis : axis + 1].unsqueeze(-1),
+                self.slopes[axis : axis + 1].unsqueeze(-1),
+                (size,),
+            )
+            ones = self.values.new_ones(()).expand(*self.positions.shape[1:], 1)
+            dense.append(_TapKernel.apply(ones, single.positions, single))
+        return dense
+
+
+def _outer_sum(terms: Sequence[Tensor]) -> Tensor:
+    """Sums of one entry of each ``(2, *batch, K)`` term, all combinations: ``(2^d, *batch, K)``."""
+    total = terms[0]
+    for term in terms[1:]:
+        total = (total.unsqueeze(1) + term.unsqueeze(0)).flatten(0, 1)
+    return total
+
+
 class Interpolation:
-    """One interpolation scheme: its 1D footprint and how its learnable width is parametrised.
+    """One interpolation scheme: how an element's per-axis footprints are built.
 
     Attributes:
         name: canonical name (``"bilinear"``, ``"triangle"``, ``"gauss"``).
-        footprint: ``f(distance, width) -> weights``, elementwise; ``width`` is ``None`` for
-            schemes without a learnable width.
         sigma_offset: the effective width is ``|SIG| + sigma_offset`` (``None``: no ``SIG``).
-        sigma_init: the value ``SIG`` is initialised to (effective initial width
-            ``sigma_init + sigma_offset``).
+        sigma_init: the value ``SIG`` is initialised to.
     """
 
-    name: str
-    footprint: Callable[[Tensor, Tensor | None], Tensor]
-    sigma_offset: float | None = None
-    sigma_init: float = 0.0
+    def __init__(self, name: str, sigma_offset: float | None = None, sigma_init: float = 0.0) -> None:
+        self.name = name
+        self.sigma_offset = sigma_offset
+        self.sigma_init = sigma_init
 
     @property
     def has_sigma(self) -> bool:
         return self.sigma_offset is not None
 
+    def footprints(self, positions: Tensor, sigmas: Tensor | None, sizes: tuple[int, ...]) -> Footprints:
+        """``(d, *batch, K)`` positions (and widths) -> the elements' :class:`Footprints`."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"Interpolation({self.name!r})"
+
+
+class _BilinearInterpolation(Interpolation):
+    """Bilinear elements as two taps per axis (the paper's Algorithm 1).
+
+    Along an axis of size ``s`` the element at index ``q = p + s // 2`` puts ``1 - r`` on tap
+    ``i`` and ``r`` on tap ``i + 1``, with ``i = min(floor(q), s - 2)`` and ``r = q - i``. The
+    taps lie in the window and sum to one, so no renormalisation is needed, and their values
+    equal the hat function ``max(0, 1 - |u - q|)`` of the official v1. Choosing the lower tap by
+    ``floor`` gives a position gradient at integer positions too (the hat function's is zero
+    there), so an element clamped onto the window's edge can move back in. Positions outside the
+    window act as if clamped onto its edge, with the edge's gradient.
+    """
+
+    def footprints(self, positions: Tensor, sigmas: Tensor | None, sizes: tuple[int, ...]) -> TapFootprints:
+        with torch.no_grad():  # _TapKernel differentiates through these by hand
+            centres, _ = _window_grid(sizes, positions)
+            last = torch.tensor([s - 1 for s in sizes], dtype=positions.dtype, device=positions.device)
+            last = last.view_as(centres)
+            index = positions + centres
+            lower = torch.minimum(index.floor(), last - 1).clamp_(min=0)
+            movable = (last > 0).to(positions.dtype)  # size-1 axes have one tap and no gradient
+            fraction = (index - lower).clamp_(0.0, 1.0).mul_(movable)
+            taps = torch.stack((lower, torch.minimum(lower + 1, last)), dim=1).long()
+            values = torch.stack((1.0 - fraction, fraction), dim=1)
+            slopes = torch.stack((-movable, movable), dim=1)
+        return TapFootprints(positions, taps, values, slopes, sizes)
+
+
+class _ProfileInterpolation(Interpolation):
+    """Elements with a learnable-width profile ``profile(distance, width)``, renormalised per axis."""
+
+    def __init__(self, name: str, profile: Callable[[Tensor, Tensor], Tensor], sigma_offset: float, sigma_init: float):
+        super().__init__(name, sigma_offset, sigma_init)
+        self.profile = profile
+
+    def footprints(self, positions: Tensor, sigmas: Tensor | None, sizes: tuple[int, ...]) -> DenseFootprints:
+        if sigmas is None:
+            raise ValueError(f"interpolation {self.name!r} needs sigmas, got None")
+        centres, grid = _window_grid(sizes, positions)
+        # all axes at once on the largest axis' grid: (d, *batch, K, max(sizes))
+        distance = grid - (positions + centres).unsqueeze(-1)
+        width = (sigmas.abs() + self.sigma_offset).unsqueeze(-1)
+        footprint = self.profile(distance, width)
+        if len(set(sizes)) > 1:  # zero the grid points past each shorter axis' end
+            footprint = footprint * (grid < torch.tensor(sizes, device=grid.device).view(centres.shape + (1,)))
+        footprint = footprint / (footprint.sum(-1, keepdim=True) + _NORM_EPS)
+        return DenseFootprints([footprint[axis, ..., :size] for axis, size in enumerate(sizes)])
+
 
 # Registry of interpolations. Aliases map the official package's version names onto ours:
-# "v0" and "v1" are both bilinear (they differ in the official code only in axis order and in
-# that v0 does not renormalise, which changes nothing for positions inside the window);
-# "max" is the official name of the triangle.
+# "v0" and "v1" are both bilinear (in the official code they differ in axis order, and in that
+# v0 does not renormalise, which changes nothing for positions inside the window); "max" is the
+# official name of the triangle.
 INTERPOLATIONS: dict[str, Interpolation] = {
-    "bilinear": Interpolation("bilinear", _bilinear),
-    "triangle": Interpolation("triangle", _triangle, sigma_offset=1.0, sigma_init=0.0),
-    "gauss": Interpolation("gauss", _gauss, sigma_offset=0.27, sigma_init=0.23),
+    "bilinear": _BilinearInterpolation("bilinear"),
+    "triangle": _ProfileInterpolation("triangle", _triangle, sigma_offset=1.0, sigma_init=0.0),
+    "gauss": _ProfileInterpolation("gauss", _gauss, sigma_offset=0.27, sigma_init=0.23),
 }
 _ALIASES = {"v0": "bilinear", "v1": "bilinear", "max": "triangle"}
 
@@ -144,54 +358,28 @@ def axis_footprints(
         version: interpolation name or :class:`Interpolation`.
 
     Returns:
-        ``d`` tensors; tensor ``i`` has shape ``(*batch, K, dilated_kernel_size[i])`` and sums
-        to one along its last dimension (for elements whose footprint touches the window).
+        :class:`Footprints`; ``.dense()[i]`` has shape ``(*batch, K, dilated_kernel_size[i])``
+        and sums to one along its last dimension (for elements whose footprint touches the window).
     """
-    interpolation = resolve_interpolation(version)
-    if interpolation.has_sigma and sigmas is None:
-        raise ValueError(f"interpolation {interpolation.name!r} needs sigmas, got None")
-    factors = []
-    for axis, window in enumerate(dilated_kernel_size):
-        grid = torch.arange(window, dtype=positions.dtype, device=positions.device)
-        # distance from every grid index to every element centre: (*batch, K, window)
-        distance = grid - (positions[axis] + window // 2).unsqueeze(-1)
-        width = None
-        if interpolation.has_sigma:
-            width = (sigmas[axis].abs() + interpolation.sigma_offset).unsqueeze(-1)
-        footprint = interpolation.footprint(distance, width)
-        factors.append(footprint / (footprint.sum(-1, keepdim=True) + _NORM_EPS))
-    return factors
+    if positions.shape[0] != len(dilated_kernel_size):
+        raise ValueError(
+            f"positions have {positions.shape[0]} axes, dilated_kernel_size has {len(dilated_kernel_size)}"
+        )
+    return resolve_interpolation(version).footprints(positions, sigmas, tuple(dilated_kernel_size))
 
 
-def kernel_from_footprints(weight: Tensor, footprints: Sequence[Tensor]) -> Tensor:
-    """Dense kernel ``sum_k weight[..., k] * prod_i footprints[i][..., k, u_i]``.
+def kernel_from_footprints(weight: Tensor, footprints: Footprints) -> Tensor:
+    """Dense kernel ``sum_k weight[..., k] * prod_i footprint_i[..., k, u_i]``.
 
     Args:
         weight: ``(*batch, K)`` element weights.
-        footprints: ``d`` tensors of shape ``(*batch, K, s_i)`` from :func:`axis_footprints`;
-            their batch dimensions broadcast against ``weight``'s (shared positions may have
-            size-1 batch dimensions where the weight has many).
+        footprints: from :func:`axis_footprints`; their batch dimensions broadcast against
+            ``weight``'s (positions shared by a stage may have size-1 batch dimensions).
 
     Returns:
-        ``(*batch, s_0, ..., s_{d-1})``.
-
-    The first ``d - 1`` factors are combined with the weights by broadcasting (size
-    ``B * K * s_0 * ... * s_{d-2}``), the last one by a batched matmul over ``K``.
+        ``(*batch, *sizes)``.
     """
-    if not footprints:
-        raise ValueError("footprints must hold at least one axis")
-    *leading, last = footprints
-    batch_shape = torch.broadcast_shapes(weight.shape[:-1], *(f.shape[:-2] for f in footprints))
-    count = weight.shape[-1]
-    # left: (*batch, K, s_0 * ... * s_{d-2}), the weighted outer product of the leading factors
-    left = weight.unsqueeze(-1)
-    for factor in leading:
-        left = (left.unsqueeze(-1) * factor.unsqueeze(-2)).flatten(-2)
-    left = left.expand(*batch_shape, count, left.shape[-1]).reshape(-1, count, left.shape[-1])
-    right = last.expand(*batch_shape, *last.shape[-2:]).reshape(-1, count, last.shape[-1])
-    kernel = torch.bmm(left.transpose(1, 2), right)
-    window = [f.shape[-1] for f in footprints]
-    return kernel.reshape(*batch_shape, *window)
+    return footprints.kernel(weight)
 
 
 def construct_kernel(

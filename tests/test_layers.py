@@ -99,26 +99,50 @@ def test_footprints_have_unit_mass_inside_window():
     positions = torch.tensor([[[-2.5, 0.3, 2.9]], [[1.2, -0.7, 0.0]]], dtype=torch.float64)
     sigmas = torch.full_like(positions, 0.6)
     for version in ("bilinear", "triangle", "gauss"):
-        for factor in axis_footprints(positions, sigmas, (7, 5), version):
+        for factor in axis_footprints(positions, sigmas, (7, 5), version).dense():
             torch.testing.assert_close(factor.sum(-1), torch.ones(1, 3, dtype=torch.float64))
 
 
-def test_shared_positions_broadcast_over_layers():
+@pytest.mark.parametrize("version", ["bilinear", "gauss"])
+@pytest.mark.parametrize("window", [(9, 9), (9, 5, 4)])
+def test_shared_positions_broadcast_over_layers(version, window):
     """Footprints built once from positions shared by a stage serve every block's weights."""
     torch.manual_seed(0)
-    channels, count, window = 6, 4, (9, 9)
-    shared_p = torch.randn(2, channels, 1, count)
-    shared_sig = torch.rand(2, channels, 1, count)
-    footprints = axis_footprints(shared_p, shared_sig, window, "gauss")
+    channels, count, dims = 6, 4, len(window)
+    shared_p = torch.randn(dims, channels, 1, count)
+    shared_sig = torch.rand(dims, channels, 1, count)
+    footprints = axis_footprints(shared_p, shared_sig, window, version)
     for _ in range(3):
         weight = torch.randn(channels, 1, count)
-        expected = construct_kernel(weight, shared_p, shared_sig, window, "gauss")
+        expected = construct_kernel(weight, shared_p, shared_sig, window, version)
         torch.testing.assert_close(kernel_from_footprints(weight, footprints), expected)
     # positions with a broadcast (size-1) channel dimension
     weight = torch.randn(channels, 1, count)
     one_p, one_sig = shared_p[:, :1], shared_sig[:, :1]
-    expected = construct_kernel(weight, one_p.expand_as(shared_p), one_sig.expand_as(shared_sig), window, "gauss")
-    torch.testing.assert_close(construct_kernel(weight, one_p, one_sig, window, "gauss"), expected)
+    expected = construct_kernel(weight, one_p.expand_as(shared_p), one_sig.expand_as(shared_sig), window, version)
+    torch.testing.assert_close(construct_kernel(weight, one_p, one_sig, window, version), expected)
+
+
+def test_bilinear_taps_agree_with_dense_combination():
+    """The corner-scatter and the separable-matmul combinations build the same kernel."""
+    from dcls_zoo.construct import DenseFootprints
+
+    torch.manual_seed(1)
+    for window in [(7,), (9, 4), (1, 7), (5, 3, 6)]:
+        positions = torch.randn(len(window), 5, 2, 6, dtype=torch.float64) * 3
+        weight = torch.randn(5, 2, 6, dtype=torch.float64)
+        taps = axis_footprints(positions, None, window, "bilinear")
+        torch.testing.assert_close(taps.kernel(weight), DenseFootprints(taps.dense()).kernel(weight))
+
+
+def test_bilinear_position_gradient_at_window_edges_points_inward():
+    """An element clamped onto the window's edge (an integer position) can still move back in."""
+    positions = torch.tensor([[-3.0, 3.0]], dtype=torch.float64, requires_grad=True)
+    weight = torch.ones(2, dtype=torch.float64)
+    kernel = construct_kernel(weight, positions, None, (7,), "bilinear")
+    # reward mass one step inside each edge: the gradient must move both elements inwards
+    (-(kernel[1] + kernel[5])).backward()
+    assert positions.grad[0, 0] < 0 and positions.grad[0, 1] > 0
 
 
 def test_learned_axes_parameter_shapes_and_kernel_layout():
