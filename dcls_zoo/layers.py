@@ -18,12 +18,14 @@ from torch import Tensor, nn
 
 from .backends import PADDING_MODES, convolve
 from .construct import (
+    Footprints,
     Interpolation,
     axis_footprints,
     clamp_positions_,
     kernel_from_footprints,
     resolve_interpolation,
 )
+from .shared import SharedPositions
 
 __all__ = ["Dcls1d", "Dcls2d", "Dcls3d"]
 
@@ -91,6 +93,7 @@ class _DclsNd(nn.Module):
         padding_mode: str = "zeros",
         version: str | Interpolation = "gauss",
         learned_axes: Sequence[int] | None = None,
+        shared_positions: SharedPositions | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -123,11 +126,16 @@ class _DclsNd(nn.Module):
         factory = {"device": device, "dtype": dtype}
         element_shape = (out_channels, in_channels // groups, *self.dense_kernel_size, kernel_count)
         self.weight = nn.Parameter(torch.empty(element_shape, **factory))
-        self.P = nn.Parameter(torch.empty(len(self.learned_axes), *element_shape, **factory))
-        if self.interpolation.has_sigma:
-            self.SIG = nn.Parameter(torch.empty(len(self.learned_axes), *element_shape, **factory))
+        if shared_positions is not None:
+            self._check_shared(shared_positions, element_shape)
+            # A plain reference, outside the module tree: the group's owner registers it once.
+            self.__dict__["_shared_positions"] = shared_positions
         else:
-            self.register_parameter("SIG", None)
+            self.P = nn.Parameter(torch.empty(len(self.learned_axes), *element_shape, **factory))
+            if self.interpolation.has_sigma:
+                self.SIG = nn.Parameter(torch.empty(len(self.learned_axes), *element_shape, **factory))
+            else:
+                self.register_parameter("SIG", None)
         if bias:
             self.bias = nn.Parameter(torch.empty(out_channels, **factory))
         else:
@@ -149,28 +157,66 @@ class _DclsNd(nn.Module):
             )
         return axes
 
+    def _check_shared(self, shared: SharedPositions, element_shape: tuple[int, ...]) -> None:
+        if not isinstance(shared, SharedPositions):
+            raise TypeError(f"shared_positions must be a SharedPositions, got {type(shared).__name__}")
+        problems = []
+        if shared.learned_kernel_size != self.learned_kernel_size:
+            problems.append(f"window {shared.learned_kernel_size} != {self.learned_kernel_size}")
+        if shared.interpolation.name != self.interpolation.name:
+            problems.append(f"version {shared.interpolation.name!r} != {self.interpolation.name!r}")
+        try:
+            if torch.broadcast_shapes(shared.P.shape[1:], element_shape) != element_shape:
+                raise RuntimeError
+        except RuntimeError:
+            problems.append(f"positions {tuple(shared.P.shape[1:])} do not broadcast to weight {element_shape}")
+        if problems:
+            raise ValueError(f"shared_positions do not fit this layer: {'; '.join(problems)}")
+
+    @property
+    def shared_positions(self) -> SharedPositions | None:
+        """The :class:`SharedPositions` this layer uses, or ``None`` when it owns ``P``/``SIG``."""
+        return self.__dict__.get("_shared_positions")
+
+    def __getattr__(self, name: str):
+        # P and SIG of a layer with shared positions are the group's (not registered here).
+        if name in ("P", "SIG"):
+            shared = self.__dict__.get("_shared_positions")
+            if shared is not None:
+                return getattr(shared, name)
+        return super().__getattr__(name)
+
     def reset_parameters(self) -> None:
-        """Initialise as the official layers: kaiming-uniform weights, ``P ~ N(0, 0.5)`` clamped."""
+        """Initialise as the official layers: kaiming-uniform weights, ``P ~ N(0, 0.5)`` clamped.
+
+        Shared positions are initialised by their :class:`SharedPositions`, not here.
+        """
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
             fan_in = self.weight[0].numel()
             bound = 1.0 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
-        with torch.no_grad():
-            self.P.normal_(0.0, 0.5)
-        self.clamp_positions_()
-        if self.SIG is not None:
-            nn.init.constant_(self.SIG, self.interpolation.sigma_init)
+        if self.shared_positions is None:
+            with torch.no_grad():
+                self.P.normal_(0.0, 0.5)
+            self.clamp_positions_()
+            if self.SIG is not None:
+                nn.init.constant_(self.SIG, self.interpolation.sigma_init)
 
     @torch.no_grad()
     def clamp_positions_(self) -> None:
-        """Clamp ``P`` in place so every element's centre lies inside the window."""
+        """Clamp ``P`` (this layer's or the shared one) in place so every element stays in the window."""
         clamp_positions_(self.P, self.learned_kernel_size)
+
+    def footprints(self) -> Footprints:
+        """The elements' per-axis footprints (built once per owner forward when shared)."""
+        if self.shared_positions is not None:
+            return self.shared_positions.footprints()
+        return axis_footprints(self.P, self.SIG, self.learned_kernel_size, self.interpolation)
 
     def kernel(self) -> Tensor:
         """The dense kernel ``(C_out, C_in / groups, *dilated_kernel_size)``."""
-        footprints = axis_footprints(self.P, self.SIG, self.learned_kernel_size, self.interpolation)
-        kernel = kernel_from_footprints(self.weight, footprints)
+        kernel = kernel_from_footprints(self.weight, self.footprints())
         return kernel.permute(self._kernel_permutation)
 
     def _check_input(self, input: Tensor) -> None:
@@ -221,6 +267,8 @@ class _DclsNd(nn.Module):
             text += ", bias=False"
         if self.padding_mode != "zeros":
             text += f", padding_mode={self.padding_mode!r}"
+        if self.shared_positions is not None:
+            text += ", shared_positions=True"
         return text
 
 
@@ -234,6 +282,8 @@ class Dcls1d(_DclsNd):
         padding: int, tuple, ``"same"`` or ``"valid"``.
         version: ``"gauss"`` (default), ``"triangle"`` (``"max"``), ``"bilinear"`` (``"v0"``, ``"v1"``).
         learned_axes: kernel axes with learned positions (default: all).
+        shared_positions: a :class:`~dcls_zoo.shared.SharedPositions` to take ``P``/``SIG`` from
+            instead of owning them (positions shared by a stage).
     """
 
     spatial_dims = 1
