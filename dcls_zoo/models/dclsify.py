@@ -1,0 +1,282 @@
+"""Turn the convolutions of any model into DCLS convolutions at equal parameter count.
+
+``dclsify(model, dilated_kernel_size=17)`` replaces the model's depthwise convolutions (or every
+``k x k`` convolution with ``targets="all"``) by :class:`~dcls_zoo.Dcls1d`/``2d``/``3d`` layers in
+place and returns a :class:`DclsifyReport` of what it changed.
+
+Positions are shared per stage by module path (``share="stage"``): convolutions whose paths have
+the same stage prefix (``stages.1``, ``layer3``, ...) and the same role inside their block
+(``conv_dw``, ``conv2``, ...) share one :class:`~dcls_zoo.shared.SharedPositions`, registered on
+the stage module as ``<stage>.dcls_shared.<role>`` (state-dict keys ``...dcls_shared.conv_dw.P``).
+The official helper shares by "the channel width grew", which merges stages of equal width.
+
+``kernel_count`` defaults to the paper's choice: the one count for the whole model that keeps
+the total parameter count of the converted layers (weights + positions + widths) at or just
+below the original weights' (ConvNeXt-T, 7x7 -> 17x17 bilinear: 34; Gaussian at 23x23: 26;
+ResNet-50, 3x3 -> 7x7: 5).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..construct import resolve_interpolation
+from ..layers import Dcls1d, Dcls2d, Dcls3d, _DclsNd
+from ..shared import SharedPositions
+
+__all__ = ["dclsify", "DclsifyReport", "Conversion", "stage_of", "clamp_model_positions_", "dcls_layers"]
+
+_DCLS_BY_CONV: dict[type[nn.Module], type[_DclsNd]] = {nn.Conv1d: Dcls1d, nn.Conv2d: Dcls2d, nn.Conv3d: Dcls3d}
+
+# A stage is the first path component that names one: "stages.2", "stage2", "layer3", "levels.1".
+_STAGE_PATTERN = re.compile(r"^(.*?(?:^|\.)(?:stages?|layers?|levels?)\.?\d+)(?:\.|$)")
+
+
+def stage_of(path: str) -> str | None:
+    """The stage prefix of a module path (``"stages.1.blocks.0.conv_dw"`` -> ``"stages.1"``), or None."""
+    match = _STAGE_PATTERN.match(path)
+    return match.group(1) if match else None
+
+
+def _role_in_stage(path: str, stage: str) -> str:
+    """The conv's place inside its block: the path after the stage's block index, dots -> ``_``."""
+    parts = path[len(stage) + 1 :].split(".") if stage else path.split(".")
+    numeric = [i for i, part in enumerate(parts) if part.isdigit()]
+    inner = parts[numeric[0] + 1 :] if numeric else parts
+    return "_".join(inner) or "conv"
+
+
+@dataclass
+class Conversion:
+    """One replaced convolution."""
+
+    path: str
+    kernel_size: tuple[int, ...]
+    dilated_kernel_size: tuple[int, ...]
+    kernel_count: int
+    shared_group: str | None
+
+
+@dataclass
+class DclsifyReport:
+    """What :func:`dclsify` did: converted layers, skipped ones with the reason, parameter counts."""
+
+    converted: list[Conversion] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    kernel_count: int = 0
+    params_before: int = 0
+    params_after: int = 0
+
+    def __str__(self) -> str:
+        lines = [
+            f"dclsify: {len(self.converted)} convolutions -> DCLS (kernel_count={self.kernel_count}), "
+            f"converted parameters {self.params_before:,} -> {self.params_after:,}"
+        ]
+        lines += [f"  skipped {path}: {reason}" for path, reason in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def _is_target(conv: nn.Module, targets: str) -> bool:
+    if type(conv) not in _DCLS_BY_CONV and not isinstance(conv, nn.modules.conv._ConvNd):
+        return False
+    if all(k == 1 for k in conv.kernel_size):
+        return False
+    if targets == "depthwise":
+        return conv.groups == conv.in_channels == conv.out_channels
+    return True
+
+
+def _unsupported(conv: nn.Module) -> str | None:
+    """Why ``conv`` cannot become a DCLS layer, or None."""
+    if type(conv) not in _DCLS_BY_CONV:
+        return f"{type(conv).__name__} is not a plain nn.Conv1d/2d/3d (transposed or custom forward)"
+    if any(d != 1 for d in conv.dilation):
+        return f"dilation {conv.dilation} (DCLS learns the spacing: convert the undilated conv)"
+    if isinstance(conv.padding, str):
+        return None
+    if any(2 * p != k - 1 for p, k in zip(conv.padding, conv.kernel_size)):
+        return f"padding {conv.padding} is not 'same'-style for kernel {conv.kernel_size}"
+    return None
+
+
+def _window(window: int | tuple[int, ...], dims: int) -> tuple[int, ...]:
+    return (window,) * dims if isinstance(window, int) else tuple(window)
+
+
+def dclsify(
+    model: nn.Module,
+    dilated_kernel_size: int | tuple[int, ...] = 17,
+    kernel_count: int | None = None,
+    version: str = "bilinear",
+    targets: str = "depthwise",
+    share: str | Callable[[str], str | None] = "stage",
+    on_unsupported: str = "raise",
+) -> DclsifyReport:
+    """Replace ``model``'s convolutions by DCLS layers in place.
+
+    Args:
+        model: any ``nn.Module``.
+        dilated_kernel_size: window of the new layers (int or per-axis tuple).
+        kernel_count: elements per kernel; ``None`` chooses the paper's equal-parameter count.
+        version: interpolation of the new layers.
+        targets: ``"depthwise"`` (``groups == in == out``) or ``"all"`` (every ``k x k`` conv, k > 1).
+        share: ``"stage"`` (positions shared by convs with the same stage prefix and role),
+            ``"layer"`` (each layer owns its positions), or a function ``path -> group name``
+            (``None``: not shared).
+        on_unsupported: ``"raise"`` (default) or ``"skip"`` (listed in the report) for targeted
+            convolutions that cannot be converted (dilated, transposed, asymmetric padding).
+
+    Returns:
+        :class:`DclsifyReport`. The new layers keep the replaced conv's device, dtype, stride,
+        groups, bias and padding mode; the output size is unchanged.
+    """
+    if targets not in ("depthwise", "all"):
+        raise ValueError(f"targets must be 'depthwise' or 'all', got {targets!r}")
+    if on_unsupported not in ("raise", "skip"):
+        raise ValueError(f"on_unsupported must be 'raise' or 'skip', got {on_unsupported!r}")
+    if share == "stage":
+        group_of: Callable[[str], str | None] = _stage_group
+    elif share == "layer":
+        group_of = lambda path: None  # noqa: E731
+    elif callable(share):
+        group_of = share
+    else:
+        raise ValueError(f"share must be 'stage', 'layer' or a callable, got {share!r}")
+    interpolation = resolve_interpolation(version)
+
+    report = DclsifyReport()
+    chosen: dict[str, nn.Module] = {}
+    for path, module in model.named_modules():
+        if isinstance(module, _DclsNd) or not _is_target(module, targets):
+            continue
+        reason = _unsupported(module)
+        if reason is None:
+            chosen[path] = module
+        elif on_unsupported == "raise":
+            raise ValueError(f"dclsify cannot convert {path!r}: {reason}; pass on_unsupported='skip' to leave it")
+        else:
+            report.skipped[path] = reason
+    if not chosen:
+        raise ValueError(f"dclsify found no {targets} convolution to convert in {type(model).__name__}")
+
+    groups: dict[str | None, list[str]] = {}
+    for path in chosen:
+        groups.setdefault(group_of(path), []).append(path)
+    _check_groups(groups, chosen, dilated_kernel_size)
+
+    position_dims = [len(chosen[paths[0]].kernel_size) * (2 if interpolation.has_sigma else 1) for paths in groups.values()]
+    report.params_before = sum(p.numel() for conv in chosen.values() for p in conv.parameters())
+    if kernel_count is None:
+        kernel_count = _equal_parameter_count(groups, chosen, dilated_kernel_size, position_dims)
+
+    for group, paths in groups.items():
+        first = chosen[paths[0]]
+        window = _window(dilated_kernel_size, len(first.kernel_size))
+        shared = None
+        if group is not None:
+            element_shape = (first.out_channels, first.in_channels // first.groups, kernel_count)
+            shared = SharedPositions(element_shape, window, interpolation, device=first.weight.device, dtype=first.weight.dtype)
+            owner_path, role = group.rsplit("/", 1)
+            owner = model.get_submodule(owner_path) if owner_path else model
+            if not hasattr(owner, "dcls_shared"):
+                owner.dcls_shared = nn.ModuleDict()
+            owner.dcls_shared[role] = shared
+            shared.attach_to(owner)
+        for path in paths:
+            _replace(model, path, _to_dcls(chosen[path], window, kernel_count, interpolation, shared))
+            report.converted.append(Conversion(path, chosen[path].kernel_size, window, kernel_count, group))
+    report.kernel_count = kernel_count
+    report.params_after = sum(
+        p.numel() for p in _unique_parameters(model.get_submodule(c.path) for c in report.converted)
+    )
+    return report
+
+
+def _stage_group(path: str) -> str | None:
+    stage = stage_of(path)
+    return None if stage is None else f"{stage}/{_role_in_stage(path, stage)}"
+
+
+def _check_groups(groups: dict, chosen: dict, window) -> None:
+    for group, paths in groups.items():
+        if group is None:
+            continue
+        shapes = {
+            (chosen[p].out_channels, chosen[p].in_channels // chosen[p].groups, len(chosen[p].kernel_size))
+            for p in paths
+        }
+        if len(shapes) > 1:
+            raise ValueError(
+                f"convolutions sharing positions in group {group!r} differ in shape {sorted(shapes)}: "
+                f"{paths}; use share='layer' or a share function that separates them"
+            )
+
+
+def _equal_parameter_count(groups: dict, chosen: dict, window, position_dims: list[int]) -> int:
+    """The largest count whose weights + positions (+ widths) fit in the original weights."""
+    original = sum(conv.weight.numel() for conv in chosen.values())
+    per_element = 0  # parameters each unit of kernel_count costs, over the whole model
+    for (group, paths), dims in zip(groups.items(), position_dims):
+        pair_count = chosen[paths[0]].out_channels * (chosen[paths[0]].in_channels // chosen[paths[0]].groups)
+        per_element += pair_count * len(paths)  # weights
+        per_element += pair_count * dims * (1 if group is not None else len(paths))  # positions (+ widths)
+    count = original // per_element
+    if count < 1:
+        raise ValueError("the original kernels are too small for even one DCLS element at equal parameter count")
+    return int(count)
+
+
+def _to_dcls(conv: nn.Module, window, kernel_count: int, interpolation, shared: SharedPositions | None) -> _DclsNd:
+    padding = "same" if conv.padding == "same" else tuple(w // 2 for w in window)
+    if conv.padding == "valid":
+        padding = "valid"
+    layer = _DCLS_BY_CONV[type(conv)](
+        conv.in_channels,
+        conv.out_channels,
+        kernel_count,
+        window,
+        stride=conv.stride,
+        padding=padding,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        version=interpolation,
+        shared_positions=shared,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+    return layer
+
+
+def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, name, new)
+
+
+def _unique_parameters(modules) -> list:
+    seen: dict[int, object] = {}
+    for module in modules:
+        for param in module.parameters():
+            seen.setdefault(id(param), param)
+        shared = getattr(module, "shared_positions", None)
+        if shared is not None:
+            for param in shared.parameters():
+                seen.setdefault(id(param), param)
+    return list(seen.values())
+
+
+def dcls_layers(model: nn.Module) -> list[tuple[str, _DclsNd]]:
+    """Every DCLS layer of ``model`` with its path."""
+    return [(path, m) for path, m in model.named_modules() if isinstance(m, _DclsNd)]
+
+
+def clamp_model_positions_(model: nn.Module) -> None:
+    """Clamp every position tensor of ``model`` (own and shared) into its window, in place."""
+    for module in model.modules():
+        if isinstance(module, SharedPositions) or (isinstance(module, _DclsNd) and module.shared_positions is None):
+            module.clamp_positions_()
