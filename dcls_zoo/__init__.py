@@ -1,7 +1,8 @@
 """dcls-zoo: Dilated Convolution with Learnable Spacings, layers to model zoo.
 
-Public API (see the README): the layers :class:`Dcls1d`, :class:`Dcls2d`, :class:`Dcls3d` and the
-functional kernel construction in :mod:`dcls_zoo.construct`.
+Public API (see the README): the layers :class:`Dcls1d`, :class:`Dcls2d`, :class:`Dcls3d`, the
+functional kernel construction in :mod:`dcls_zoo.construct`, and the model zoo (registered in
+timm on import): :func:`create_model`, :func:`list_models`, :func:`dclsify`.
 """
 
 from .construct import (
@@ -14,10 +15,28 @@ from .construct import (
     position_bounds,
 )
 from .layers import Dcls1d, Dcls2d, Dcls3d
+from .models import (
+    ConvNeXtDcls,
+    DclsifyReport,
+    clamp_model_positions_,
+    create_model,
+    dcls_layers,
+    dclsify,
+    list_models,
+)
+from .shared import SharedPositions
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvNeXtDcls",
+    "DclsifyReport",
+    "SharedPositions",
+    "clamp_model_positions_",
+    "create_model",
+    "dcls_layers",
+    "dclsify",
+    "list_models",
     "Dcls1d",
     "Dcls2d",
     "Dcls3d",

@@ -1,5 +1,18 @@
 """The model zoo: timm models with DCLS convolutions, registered in timm on import."""
 
+from . import convnext_dcls  # noqa: F401  (registers the ConvNeXt-dcls family in timm)
+from .convnext_dcls import ConvNeXtDcls
 from .dclsify import Conversion, DclsifyReport, clamp_model_positions_, dcls_layers, dclsify, stage_of
+from .factory import create_model, list_models
 
-__all__ = ["Conversion", "DclsifyReport", "clamp_model_positions_", "dcls_layers", "dclsify", "stage_of"]
+__all__ = [
+    "ConvNeXtDcls",
+    "Conversion",
+    "DclsifyReport",
+    "clamp_model_positions_",
+    "create_model",
+    "dcls_layers",
+    "dclsify",
+    "list_models",
+    "stage_of",
+]

@@ -1,0 +1,309 @@
+"""ConvNeXt-dcls (ICLR 2023) and its Gaussian follow-up, built on timm's own ConvNeXt.
+
+:class:`ConvNeXtDcls` is timm's ``ConvNeXt`` whose depthwise convolutions are handed to
+:func:`~dcls_zoo.models.dclsify.dclsify` (positions shared per stage, stored once as
+``stages.{i}.dcls_shared.conv_dw.P``). The same class builds the paper's ablation baselines
+(7x7 dilated by 2, dense 17x17) and the compact variants with a stem for small images.
+
+Registered on ``import dcls_zoo``:
+
+| model | window / count | interpolation | params | MACs @224 |
+|---|---|---|---|---|
+| ``convnext_dcls_tiny`` | 17 / 34 | bilinear | 28.6M | 5.0G |
+| ``convnext_dcls_small`` | 17 / 40 | bilinear | 50.2M | 9.5G |
+| ``convnext_dcls_base`` | 17 / 40 | bilinear | 88.6M | 16.5G |
+| ``convnext_dcls_gauss_{tiny,small,base}`` | 23 / 26, 34, 34 | gauss | = 7x7 ConvNeXt | |
+| ``convnext_tiny_dil2`` | 7x7, dilation 2 | | 28.6M | 4.5G |
+| ``convnext_tiny_k17`` | dense 17x17 | | 30.2M | 5.0G |
+| ``convnext_dcls_{atto,femto,pico,nano}`` | 17 / equal params | bilinear | = timm's | |
+| ``convnext_k7_{atto,femto,pico,nano}`` | 7x7 baselines | | = timm's | |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import LayerNorm2d
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.convnext import ConvNeXt
+from torch import nn
+
+from ..layers import _DclsNd
+from .dclsify import DclsifyReport, dclsify
+
+__all__ = ["ConvNeXtDcls"]
+
+_PAPER = {
+    "paper_ids": "arXiv:2112.03740",
+    "paper_name": "Dilated convolution with learnable spacings (ICLR 2023)",
+    "origin_url": "https://github.com/K-H-Ismail/ConvNeXt-dcls",
+}
+_GAUSS_PAPER = {
+    "paper_ids": "arXiv:2306.00817",
+    "paper_name": "Dilated Convolution with Learnable Spacings: beyond bilinear interpolation",
+    "origin_url": "https://github.com/K-H-Ismail/Dilated-Convolution-with-Learnable-Spacings-PyTorch",
+}
+_ZENODO_BILINEAR = "https://zenodo.org/record/7112021/files/"
+_ZENODO_GAUSS = "https://zenodo.org/record/8029747/files/"
+
+
+class ConvNeXtDcls(ConvNeXt):
+    """timm's ConvNeXt with DCLS depthwise convolutions (or a plain-conv ablation baseline).
+
+    Args:
+        dcls_kernel_size: DCLS window; ``None`` keeps plain depthwise convolutions.
+        dcls_kernel_count: elements per kernel; ``None`` picks the equal-parameter count.
+        dcls_version: ``"bilinear"``, ``"triangle"`` or ``"gauss"``.
+        dcls_share: ``"stage"`` (positions shared per stage, as the paper) or ``"layer"``.
+        dw_dilation: dilation of the plain depthwise convs (ablation baseline; needs
+            ``dcls_kernel_size=None``).
+        stem: ``"patch"`` (timm's 4x4 stride-4 patchify) or ``"small"`` (3x3 stride-1 conv,
+            for 28-64 px images).
+        **kwargs: timm ``ConvNeXt`` arguments (``depths``, ``dims``, ``kernel_sizes``,
+            ``num_classes``, ``drop_path_rate``, ``conv_mlp``, ...).
+    """
+
+    def __init__(
+        self,
+        dcls_kernel_size: int | None = 17,
+        dcls_kernel_count: int | None = 34,
+        dcls_version: str = "bilinear",
+        dcls_share: str = "stage",
+        dw_dilation: int = 1,
+        stem: str = "patch",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if stem not in ("patch", "small"):
+            raise ValueError(f"stem must be 'patch' or 'small', got {stem!r}")
+        if dw_dilation != 1 and dcls_kernel_size is not None:
+            raise ValueError("dw_dilation is for plain-conv baselines: set dcls_kernel_size=None")
+        if stem == "small":
+            self._use_small_stem()
+        if dw_dilation != 1:
+            self._dilate_depthwise(dw_dilation)
+        self.dclsify_report: DclsifyReport | None = None
+        if dcls_kernel_size is not None:
+            self.dclsify_report = dclsify(
+                self, dcls_kernel_size, dcls_kernel_count, version=dcls_version, share=dcls_share
+            )
+            self._init_dcls_weights()
+
+    def _use_small_stem(self) -> None:
+        """3x3 stride-1 stem: a 28 px image keeps 28/14/7/3 px maps through the four stages."""
+        patch_conv, norm = self.stem[0], self.stem[1]
+        self.stem = nn.Sequential(
+            nn.Conv2d(patch_conv.in_channels, patch_conv.out_channels, 3, padding=1, bias=patch_conv.bias is not None),
+            norm,
+        )
+        for info in self.feature_info:
+            info["reduction"] //= 4
+
+    def _dilate_depthwise(self, dilation: int) -> None:
+        for stage in self.stages:
+            for block in stage.blocks:
+                conv = block.conv_dw
+                block.conv_dw = nn.Conv2d(
+                    conv.in_channels, conv.out_channels, conv.kernel_size,
+                    padding=dilation * (conv.kernel_size[0] // 2), dilation=dilation,
+                    groups=conv.groups, bias=conv.bias is not None,
+                )
+                self._init_plain(block.conv_dw)
+
+    @staticmethod
+    @torch.no_grad()
+    def _init_plain(module: nn.Module) -> None:
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def _init_dcls_weights(self) -> None:
+        # As ConvNeXt-dcls (and timm's ConvNeXt for its convs): trunc-normal(0.02) weights, zero bias.
+        for module in self.modules():
+            if isinstance(module, _DclsNd):
+                self._init_plain(module)
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    from ..convert import official_checkpoint_filter  # the converter knows our layout; import late
+
+    return build_model_with_cfg(
+        ConvNeXtDcls,
+        variant,
+        pretrained,
+        pretrained_filter_fn=official_checkpoint_filter,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "stem.0",
+        "classifier": "head.fc",
+        "license": "mit",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs(
+    {
+        "convnext_dcls_tiny.in1k": _cfg(
+            _ZENODO_BILINEAR + "convnext_dcls_tiny_1k_224_ema.pth",
+            notes=("authors' release (Zenodo 7112021, EMA): ImageNet-1k top-1 82.5 in the paper",),
+            **_PAPER,
+        ),
+        "convnext_dcls_small.in1k": _cfg(
+            _ZENODO_BILINEAR + "convnext_dcls_small_1k_224_ema.pth",
+            notes=("authors' release (Zenodo 7112021, EMA): ImageNet-1k top-1 83.7 in the paper",),
+            **_PAPER,
+        ),
+        "convnext_dcls_base.in1k": _cfg(
+            _ZENODO_BILINEAR + "convnext_dcls_base_1k_224_ema.pth",
+            notes=("authors' release (Zenodo 7112021, EMA): ImageNet-1k top-1 84.1 in the paper",),
+            **_PAPER,
+        ),
+        "convnext_dcls_gauss_tiny.in1k": _cfg(
+            _ZENODO_GAUSS + "convnext_dcls_gauss_tiny_1k_224_ema.pth",
+            notes=("authors' release (Zenodo 8029747, EMA); W-first positions, converted on load",),
+            **_GAUSS_PAPER,
+        ),
+        "convnext_dcls_gauss_small": _cfg(**_GAUSS_PAPER),
+        "convnext_dcls_gauss_base": _cfg(**_GAUSS_PAPER),
+        "convnext_tiny_dil2": _cfg(notes=("ablation baseline of the DCLS paper",), **_PAPER),
+        "convnext_tiny_k17": _cfg(notes=("ablation baseline of the DCLS paper",), **_PAPER),
+        **{f"convnext_dcls_{size}": _cfg() for size in ("atto", "femto", "pico", "nano")},
+        **{f"convnext_k7_{size}": _cfg() for size in ("atto", "femto", "pico", "nano")},
+    }
+)
+
+_TINY = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
+_SMALL = dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))
+_BASE = dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
+# timm's compact widths (convnext_atto ... convnext_nano)
+_COMPACT = {
+    "atto": dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True),
+    "femto": dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True),
+    "pico": dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), conv_mlp=True),
+    "nano": dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True),
+}
+_PLAIN = dict(dcls_kernel_size=None, dcls_kernel_count=None)
+
+
+def _build(variant: str, pretrained: bool, model_args: dict[str, Any], kwargs: dict[str, Any]) -> ConvNeXtDcls:
+    return _create(variant, pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def convnext_dcls_tiny(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """ConvNeXt-T-dcls: 17x17 window, 34 bilinear elements, positions shared per stage (28.6M, 5.0G)."""
+    return _build("convnext_dcls_tiny", pretrained, dict(_TINY, dcls_kernel_size=17, dcls_kernel_count=34), kwargs)
+
+
+@register_model
+def convnext_dcls_small(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """ConvNeXt-S-dcls: 17x17 window, 40 bilinear elements (50.2M, 9.5G)."""
+    return _build("convnext_dcls_small", pretrained, dict(_SMALL, dcls_kernel_size=17, dcls_kernel_count=40), kwargs)
+
+
+@register_model
+def convnext_dcls_base(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """ConvNeXt-B-dcls: 17x17 window, 40 bilinear elements (88.6M, 16.5G)."""
+    return _build("convnext_dcls_base", pretrained, dict(_BASE, dcls_kernel_size=17, dcls_kernel_count=40), kwargs)
+
+
+@register_model
+def convnext_dcls_gauss_tiny(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """ConvNeXt-T-dcls Gaussian: 23x23 window, 26 elements, positions and sigmas shared per stage."""
+    args = dict(_TINY, dcls_kernel_size=23, dcls_kernel_count=26, dcls_version="gauss")
+    return _build("convnext_dcls_gauss_tiny", pretrained, args, kwargs)
+
+
+@register_model
+def convnext_dcls_gauss_small(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """ConvNeXt-S-dcls Gaussian: 23x23 window, 34 elements (the 7x7 model's parameter count)."""
+    args = dict(_SMALL, dcls_kernel_size=23, dcls_kernel_count=34, dcls_version="gauss")
+    return _build("convnext_dcls_gauss_small", pretrained, args, kwargs)
+
+
+@register_model
+def convnext_dcls_gauss_base(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """ConvNeXt-B-dcls Gaussian: 23x23 window, 34 elements (the 7x7 model's parameter count)."""
+    args = dict(_BASE, dcls_kernel_size=23, dcls_kernel_count=34, dcls_version="gauss")
+    return _build("convnext_dcls_gauss_base", pretrained, args, kwargs)
+
+
+@register_model
+def convnext_tiny_dil2(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """Ablation baseline: ConvNeXt-T with 7x7 depthwise convolutions dilated by 2."""
+    return _build("convnext_tiny_dil2", pretrained, dict(_TINY, **_PLAIN, dw_dilation=2), kwargs)
+
+
+@register_model
+def convnext_tiny_k17(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """Ablation baseline: ConvNeXt-T with dense 17x17 depthwise convolutions."""
+    return _build("convnext_tiny_k17", pretrained, dict(_TINY, **_PLAIN, kernel_sizes=17), kwargs)
+
+
+def _compact(size: str, dcls: bool, pretrained: bool, kwargs: dict[str, Any]) -> ConvNeXtDcls:
+    variant = f"convnext_dcls_{size}" if dcls else f"convnext_k7_{size}"
+    extra = dict(dcls_kernel_size=17, dcls_kernel_count=None) if dcls else _PLAIN
+    return _build(variant, pretrained, dict(_COMPACT[size], **extra), kwargs)
+
+
+@register_model
+def convnext_dcls_atto(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """Compact ConvNeXt-dcls at timm's atto widths (17x17, equal-parameter element count)."""
+    return _compact("atto", True, pretrained, kwargs)
+
+
+@register_model
+def convnext_dcls_femto(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """Compact ConvNeXt-dcls at timm's femto widths."""
+    return _compact("femto", True, pretrained, kwargs)
+
+
+@register_model
+def convnext_dcls_pico(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """Compact ConvNeXt-dcls at timm's pico widths."""
+    return _compact("pico", True, pretrained, kwargs)
+
+
+@register_model
+def convnext_dcls_nano(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """Compact ConvNeXt-dcls at timm's nano widths."""
+    return _compact("nano", True, pretrained, kwargs)
+
+
+@register_model
+def convnext_k7_atto(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """7x7 baseline at atto widths (timm's convnext_atto, with the ``stem`` option)."""
+    return _compact("atto", False, pretrained, kwargs)
+
+
+@register_model
+def convnext_k7_femto(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """7x7 baseline at femto widths."""
+    return _compact("femto", False, pretrained, kwargs)
+
+
+@register_model
+def convnext_k7_pico(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """7x7 baseline at pico widths."""
+    return _compact("pico", False, pretrained, kwargs)
+
+
+@register_model
+def convnext_k7_nano(pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
+    """7x7 baseline at nano widths."""
+    return _compact("nano", False, pretrained, kwargs)

@@ -1,0 +1,50 @@
+"""``create_model`` / ``list_models``: timm's factory, restricted to names that exist, with hints."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import timm
+from torch import nn
+
+__all__ = ["create_model", "list_models"]
+
+# timm groups registered models by the last component of their module's name.
+_ZOO_MODULES = ("convnext_dcls", "resnet_dcls")
+_SOURCE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
+
+
+def list_models(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Names of the models dcls-zoo registers (``fnmatch`` ``pattern``; with weights only if ``pretrained``)."""
+    return timm.list_models(pattern, module=list(_ZOO_MODULES), pretrained=pretrained)
+
+
+def create_model(name: str, pretrained: bool | str = False, **kwargs: Any) -> nn.Module:
+    """Build a registered model by name through ``timm.create_model``.
+
+    Args:
+        name: a registered architecture (``"convnext_dcls_tiny"``), optionally with a pretrained tag
+            (``"convnext_dcls_tiny.in1k"``), or a source prefix timm understands (``"hf-hub:org/repo"``,
+            ``"local-dir:/path"``).
+        pretrained: ``True`` loads the default tag's weights; a string names the tag
+            (``create_model("convnext_dcls_tiny", pretrained="in1k")``).
+        **kwargs: model arguments (``num_classes``, ``drop_path_rate``, ``features_only``, ...).
+
+    Raises:
+        ValueError: unknown ``name``, listing the closest registered names.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a string, got {type(name).__name__}")
+    if not name.startswith(_SOURCE_PREFIXES):
+        architecture = name.split(".", 1)[0]
+        if not timm.is_model(architecture):
+            candidates = list_models() + timm.list_models()
+            close = difflib.get_close_matches(architecture, candidates, n=5, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; dcls-zoo models: {', '.join(list_models())}"
+            raise ValueError(f"unknown model {name!r}{hint}")
+    if isinstance(pretrained, str):
+        if "." in name or name.startswith(_SOURCE_PREFIXES):
+            raise ValueError(f"give the pretrained tag once: {name!r} already names a source, pretrained={pretrained!r}")
+        name, pretrained = f"{name}.{pretrained}", True
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
