@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .backends import PADDING_MODES, convolve
+from .backends import _check_name as _check_backend
 from .construct import (
     Footprints,
     Interpolation,
@@ -94,6 +95,7 @@ class _DclsNd(nn.Module):
         version: str | Interpolation = "gauss",
         learned_axes: Sequence[int] | None = None,
         shared_positions: SharedPositions | None = None,
+        backend: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -113,6 +115,7 @@ class _DclsNd(nn.Module):
         if padding_mode not in PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         self.padding_mode = padding_mode
+        self.backend = _check_backend(backend)
         self.interpolation = resolve_interpolation(version)
         self.version = self.interpolation.name
         self.learned_axes = self._check_learned_axes(learned_axes)
@@ -246,7 +249,8 @@ class _DclsNd(nn.Module):
         unbatched = input.dim() == self.spatial_dims + 1
         batch = input.unsqueeze(0) if unbatched else input
         output = convolve(
-            batch, self.kernel(), self.bias, self.stride, self._padding_pairs, self.groups, self.padding_mode
+            batch, self.kernel(), self.bias, self.stride, self._padding_pairs, self.groups, self.padding_mode,
+            self.backend,
         )
         return output.squeeze(0) if unbatched else output
 
@@ -269,6 +273,8 @@ class _DclsNd(nn.Module):
             text += f", padding_mode={self.padding_mode!r}"
         if self.shared_positions is not None:
             text += ", shared_positions=True"
+        if self.backend != "auto":
+            text += f", backend={self.backend!r}"
         return text
 
 
@@ -284,6 +290,8 @@ class Dcls1d(_DclsNd):
         learned_axes: kernel axes with learned positions (default: all).
         shared_positions: a :class:`~dcls_zoo.shared.SharedPositions` to take ``P``/``SIG`` from
             instead of owning them (positions shared by a stage).
+        backend: convolution backend, ``"auto"`` (chosen per call) or a name in
+            :data:`dcls_zoo.backends.BACKENDS`.
     """
 
     spatial_dims = 1
