@@ -14,6 +14,8 @@ from .construct import (
     kernel_from_footprints,
     position_bounds,
 )
+from .backends import set_backend, use_backend
+from .fuse import fuse, to_conv
 from .layers import Dcls1d, Dcls2d, Dcls3d
 from .models import (
     ConvNeXtDcls,
@@ -29,6 +31,10 @@ from .shared import SharedPositions
 __version__ = "0.1.0"
 
 __all__ = [
+    "fuse",
+    "set_backend",
+    "to_conv",
+    "use_backend",
     "ConvNeXtDcls",
     "DclsifyReport",
     "SharedPositions",

@@ -222,6 +222,26 @@ class _DclsNd(nn.Module):
         kernel = kernel_from_footprints(self.weight, self.footprints())
         return kernel.permute(self._kernel_permutation)
 
+    def _kernel_parameters(self) -> tuple[Tensor, ...]:
+        return tuple(t for t in (self.weight, self.P, self.SIG) if t is not None)
+
+    def _inference_kernel(self) -> Tensor | None:
+        """The dense kernel, built once and reused while no parameter changes, when no gradient
+        can flow to the parameters (``torch.no_grad``/``inference_mode``, or eval mode with
+        frozen parameters); ``None`` when the kernel must be built with autograd."""
+        parameters = self._kernel_parameters()
+        if torch.is_grad_enabled() and (self.training or any(p.requires_grad for p in parameters)):
+            return None
+        # In-place updates (optimizer steps, load_state_dict, clamping) bump _version; .to() and
+        # .data assignment change the storage.
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parameters)
+        cached = self.__dict__.get("_kernel_cache")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, self.kernel())
+            self.__dict__["_kernel_cache"] = cached
+        return cached[1]
+
     def _check_input(self, input: Tensor) -> None:
         dims = self.spatial_dims
         name = type(self).__name__
@@ -248,8 +268,9 @@ class _DclsNd(nn.Module):
         self._check_input(input)
         unbatched = input.dim() == self.spatial_dims + 1
         batch = input.unsqueeze(0) if unbatched else input
+        kernel = self._inference_kernel()
         output = convolve(
-            batch, self.kernel(), self.bias, self.stride, self._padding_pairs, self.groups, self.padding_mode,
+            batch, self.kernel() if kernel is None else kernel, self.bias, self.stride, self._padding_pairs, self.groups, self.padding_mode,
             self.backend,
         )
         return output.squeeze(0) if unbatched else output

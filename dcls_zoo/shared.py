@@ -80,6 +80,14 @@ class SharedPositions(nn.Module):
         owner.register_forward_pre_hook(self._open_scope)
         owner.register_forward_hook(self._close_scope, always_call=True)
 
+    def detach_from(self, owner: nn.Module) -> None:
+        """Remove the hooks :meth:`attach_to` put on ``owner`` (also on a deep copy of it)."""
+        for hooks in (owner._forward_pre_hooks, owner._forward_hooks):
+            for key, hook in list(hooks.items()):
+                if getattr(hook, "__self__", None) is self:
+                    del hooks[key]
+                    owner._forward_hooks_always_called.pop(key, None)
+
     def _open_scope(self, module: nn.Module, args: tuple) -> None:
         self._scope_open, self._cached = True, None
 
