@@ -8,12 +8,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from . import demo
+from . import convert_command, demo
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 COMMANDS: dict[str, Command] = {
     "demo": ("learn the spacings of a hidden large-kernel convolution (CPU, ~30 s)", demo.add_arguments, demo.run),
+    "convert": (
+        "convert an authors' ConvNeXt-dcls checkpoint (Zenodo .pth) into a dcls-zoo safetensors file",
+        convert_command.add_arguments,
+        convert_command.run,
+    ),
 }
 
 

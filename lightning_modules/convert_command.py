@@ -1,0 +1,119 @@
+"""``dcls-zoo convert``: an authors' ConvNeXt-dcls checkpoint -> a dcls-zoo safetensors file.
+
+    dcls-zoo convert convnext_dcls_gauss_tiny_1k_224_ema.pth --arch convnext_dcls_gauss_tiny --out weights/
+
+reads the file safely (weights only), renames facebook keys to timm's, collapses the per-block
+copies of each stage's positions, puts the positions in our axis order, checks that the result
+loads strictly into ``dcls_zoo.create_model(arch)`` and only then writes
+``weights/model.safetensors`` (timm's file name for a Hub or ``local-dir:`` model) with its
+provenance in the safetensors metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+SAFETENSORS_NAME = "model.safetensors"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, help="the authors' .pth file (read with weights_only=True)")
+    parser.add_argument("--arch", required=True, help="our architecture, e.g. convnext_dcls_tiny or convnext_dcls_gauss_tiny")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help=f"a .safetensors file, or a directory that receives {SAFETENSORS_NAME}",
+    )
+    parser.add_argument(
+        "--key",
+        default=None,
+        help="which entry holds the weights (model or model_ema; default: model_ema if present, else model)",
+    )
+    parser.add_argument(
+        "--source-axis-order",
+        choices=("hw", "wh"),
+        default=None,
+        help="override the arch's known position axis order: hw = H-first (official v0), "
+        "wh = W-first (official v1/max/gauss, flipped)",
+    )
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classes of the model used for the strict check (default: the rows of head.fc.weight)",
+    )
+    parser.add_argument("--no-check", action="store_true", help="write without the strict load check")
+
+
+def _output_path(out: Path) -> Path:
+    return out if out.suffix == ".safetensors" else out / SAFETENSORS_NAME
+
+
+def _fail(message: str) -> int:
+    print(f"dcls-zoo convert: error: {message}", file=sys.stderr)
+    return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so `dcls-zoo --help` and the other commands stay fast.
+    import timm
+    from safetensors.torch import save_file
+
+    import dcls_zoo
+    from dcls_zoo.convert import convert_official, load_checkpoint_strict
+
+    if not args.no_check and not timm.is_model(args.arch.split(".", 1)[0]):
+        return _fail(f"unknown arch {args.arch!r}; dcls-zoo models: {', '.join(dcls_zoo.list_models())}")
+    try:
+        conversion = convert_official(
+            args.checkpoint, args.arch, key=args.key, source_axis_order=args.source_axis_order
+        )
+    except (ValueError, FileNotFoundError) as error:
+        return _fail(str(error))
+    state = conversion.state_dict
+    print(f"read {args.checkpoint}")
+    print(conversion)
+
+    if args.no_check:
+        print("strict load check skipped (--no-check)")
+    else:
+        head = state.get("head.fc.weight")
+        num_classes = args.num_classes if args.num_classes is not None else (head.shape[0] if head is not None else None)
+        kwargs = {} if num_classes is None else {"num_classes": num_classes}
+        try:
+            model = dcls_zoo.create_model(args.arch, **kwargs)
+            load_checkpoint_strict(model, state, what=f"the converted {args.checkpoint.name}")
+        except ValueError as error:
+            return _fail(f"{error} (arch {args.arch})")
+        print(f"checked: loads strictly into {args.arch}" + (f" (num_classes={num_classes})" if num_classes else ""))
+
+    path = _output_path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "format": "pt",
+        "arch": args.arch,
+        "source_file": args.checkpoint.name,
+        "source_entry": conversion.source,
+        "source_axis_order": conversion.axis_order or "",
+        "converted_by": f"dcls-zoo {dcls_zoo.__version__}",
+    }
+    # safetensors refuses views and shared storage; after the collapse nothing is shared, and
+    # contiguous() covers any view (e.g. a flip of a non-contiguous tensor).
+    tensors = {key: value.detach().contiguous() for key, value in state.items()}
+    # Write next to the target and rename, so a failure never leaves a truncated file behind.
+    handle, temporary = tempfile.mkstemp(suffix=".safetensors.part", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    print(f"wrote {path} ({len(tensors)} tensors, {size / 2**20:.1f} MiB)")
+    return 0
