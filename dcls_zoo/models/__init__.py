@@ -1,6 +1,7 @@
 """The model zoo: timm models with DCLS convolutions, registered in timm on import."""
 
 from . import convnext_dcls  # noqa: F401  (registers the ConvNeXt-dcls family in timm)
+from . import resnet_dcls  # noqa: F401  (registers resnet50_dcls, resnet50_dcls_k6 in timm)
 from .convnext_dcls import ConvNeXtDcls
 from .dclsify import Conversion, DclsifyReport, clamp_model_positions_, dcls_layers, dclsify, stage_of
 from .factory import create_model, list_models

@@ -14,6 +14,10 @@ The official helper shares by "the channel width grew", which merges stages of e
 the total parameter count of the converted layers (weights + positions + widths) at or just
 below the original weights' (ConvNeXt-T, 7x7 -> 17x17 bilinear: 34; Gaussian at 23x23: 26;
 ResNet-50, 3x3 -> 7x7: 5).
+
+Non-square kernels: an axis along which the original kernel has size 1 keeps size 1 and learns
+no position, so a ``1 x 11`` band (InceptionNeXt) becomes a ``1 x 17`` DCLS band whose elements
+move along the width only (``learned_axes=(1,)``), and each of its elements costs one position.
 """
 
 from __future__ import annotations
@@ -28,12 +32,33 @@ from ..construct import resolve_interpolation
 from ..layers import Dcls1d, Dcls2d, Dcls3d, _DclsNd
 from ..shared import SharedPositions
 
-__all__ = ["dclsify", "DclsifyReport", "Conversion", "stage_of", "clamp_model_positions_", "dcls_layers"]
+__all__ = [
+    "dclsify",
+    "DclsifyReport",
+    "Conversion",
+    "SharedPositionsDict",
+    "stage_of",
+    "clamp_model_positions_",
+    "dcls_layers",
+]
 
 _DCLS_BY_CONV: dict[type[nn.Module], type[_DclsNd]] = {nn.Conv1d: Dcls1d, nn.Conv2d: Dcls2d, nn.Conv3d: Dcls3d}
 
 # A stage is the first path component that names one: "stages.2", "stage2", "layer3", "levels.1".
 _STAGE_PATTERN = re.compile(r"^(.*?(?:^|\.)(?:stages?|layers?|levels?)\.?\d+)(?:\.|$)")
+
+
+class SharedPositionsDict(nn.ModuleDict):
+    """The ``dcls_shared`` container registered on a stage module: role -> :class:`SharedPositions`.
+
+    Its forward is the identity because a stage is often an ``nn.Sequential`` (timm's ResNet
+    ``layer1``...), whose forward calls every child in order, this container included; a plain
+    ``nn.ModuleDict`` there raises ``NotImplementedError``. As the last child it passes the last
+    block's output through unchanged.
+    """
+
+    def forward(self, x):
+        return x
 
 
 def stage_of(path: str) -> str | None:
@@ -96,8 +121,10 @@ def _unsupported(conv: nn.Module) -> str | None:
         return f"{type(conv).__name__} is not a plain nn.Conv1d/2d/3d (transposed or custom forward)"
     if any(d != 1 for d in conv.dilation):
         return f"dilation {conv.dilation} (DCLS learns the spacing: convert the undilated conv)"
-    if isinstance(conv.padding, str):
+    if conv.padding == "same":
         return None
+    if conv.padding == "valid":
+        return "padding 'valid' shrinks the output by the kernel size, which the larger window would change"
     if any(2 * p != k - 1 for p, k in zip(conv.padding, conv.kernel_size)):
         return f"padding {conv.padding} is not 'same'-style for kernel {conv.kernel_size}"
     return None
@@ -105,6 +132,24 @@ def _unsupported(conv: nn.Module) -> str | None:
 
 def _window(window: int | tuple[int, ...], dims: int) -> tuple[int, ...]:
     return (window,) * dims if isinstance(window, int) else tuple(window)
+
+
+def _window_of(conv: nn.Module, dilated_kernel_size: int | tuple[int, ...]) -> tuple[int, ...]:
+    """The DCLS window replacing ``conv``: the given one, but size 1 where the kernel has size 1.
+
+    A ``1 x k`` band stays a band: spreading it over a square window would change what the layer
+    can express, and a position along a size-1 axis cannot move anyway.
+    """
+    dims = len(conv.kernel_size)
+    window = _window(dilated_kernel_size, dims)
+    if len(window) != dims:
+        raise ValueError(f"dilated_kernel_size {dilated_kernel_size!r} has {len(window)} entries for a {dims}D conv")
+    return tuple(1 if k == 1 else w for k, w in zip(conv.kernel_size, window))
+
+
+def _learned_axes(window: tuple[int, ...]) -> tuple[int, ...]:
+    """Axes along which positions can move (window larger than 1)."""
+    return tuple(axis for axis, size in enumerate(window) if size > 1)
 
 
 def dclsify(
@@ -115,12 +160,15 @@ def dclsify(
     targets: str = "depthwise",
     share: str | Callable[[str], str | None] = "stage",
     on_unsupported: str = "raise",
+    include: Callable[[str, nn.Module], bool] | None = None,
 ) -> DclsifyReport:
     """Replace ``model``'s convolutions by DCLS layers in place.
 
     Args:
         model: any ``nn.Module``.
-        dilated_kernel_size: window of the new layers (int or per-axis tuple).
+        dilated_kernel_size: window of the new layers (int or per-axis tuple); axes along which
+            a kernel has size 1 keep size 1 and learn no positions (bands stay bands). An even
+            window needs stride 1 (``padding='same'``) to keep the output size.
         kernel_count: elements per kernel; ``None`` chooses the paper's equal-parameter count.
         version: interpolation of the new layers.
         targets: ``"depthwise"`` (``groups == in == out``) or ``"all"`` (every ``k x k`` conv, k > 1).
@@ -129,6 +177,9 @@ def dclsify(
             (``None``: not shared).
         on_unsupported: ``"raise"`` (default) or ``"skip"`` (listed in the report) for targeted
             convolutions that cannot be converted (dilated, transposed, asymmetric padding).
+        include: optional filter ``(path, conv) -> bool`` applied to the targets, e.g. to keep a
+            ResNet's 7x7 stem with ``targets="all"``; excluded convs are neither converted nor
+            counted in the equal-parameter ``kernel_count``.
 
     Returns:
         :class:`DclsifyReport`. The new layers keep the replaced conv's device, dtype, stride,
@@ -153,6 +204,8 @@ def dclsify(
     for path, module in model.named_modules():
         if isinstance(module, _DclsNd) or not _is_target(module, targets):
             continue
+        if include is not None and not include(path, module):
+            continue
         reason = _unsupported(module)
         if reason is None:
             chosen[path] = module
@@ -163,32 +216,42 @@ def dclsify(
     if not chosen:
         raise ValueError(f"dclsify found no {targets} convolution to convert in {type(model).__name__}")
 
+    windows = {path: _window_of(conv, dilated_kernel_size) for path, conv in chosen.items()}
+    for path, conv in chosen.items():
+        if any(w % 2 == 0 for w in windows[path]) and any(s != 1 for s in conv.stride):
+            reason = f"even window {windows[path]} with stride {conv.stride} cannot keep the output size"
+            raise ValueError(f"dclsify cannot convert {path!r}: {reason}; use an odd dilated_kernel_size")
     groups: dict[str | None, list[str]] = {}
     for path in chosen:
         groups.setdefault(group_of(path), []).append(path)
-    _check_groups(groups, chosen, dilated_kernel_size)
+    _check_groups(groups, chosen, windows)
 
-    position_dims = [len(chosen[paths[0]].kernel_size) * (2 if interpolation.has_sigma else 1) for paths in groups.values()]
+    # positions (+ widths) per element of each conv: one per learned axis (two with SIG)
+    position_dims = {path: len(_learned_axes(w)) * (2 if interpolation.has_sigma else 1) for path, w in windows.items()}
     report.params_before = sum(p.numel() for conv in chosen.values() for p in conv.parameters())
     if kernel_count is None:
-        kernel_count = _equal_parameter_count(groups, chosen, dilated_kernel_size, position_dims)
+        kernel_count = _equal_parameter_count(groups, chosen, position_dims)
 
     for group, paths in groups.items():
         first = chosen[paths[0]]
-        window = _window(dilated_kernel_size, len(first.kernel_size))
+        window = windows[paths[0]]  # _check_groups: one window per shared group
         shared = None
         if group is not None:
-            element_shape = (first.out_channels, first.in_channels // first.groups, kernel_count)
-            shared = SharedPositions(element_shape, window, interpolation, device=first.weight.device, dtype=first.weight.dtype)
+            dense = tuple(w for w in window if w == 1)  # axes without learned positions
+            element_shape = (first.out_channels, first.in_channels // first.groups, *dense, kernel_count)
+            learned = tuple(window[a] for a in _learned_axes(window))
+            shared = SharedPositions(
+                element_shape, learned, interpolation, device=first.weight.device, dtype=first.weight.dtype
+            )
             owner_path, role = group.rsplit("/", 1)
             owner = model.get_submodule(owner_path) if owner_path else model
             if not hasattr(owner, "dcls_shared"):
-                owner.dcls_shared = nn.ModuleDict()
+                owner.dcls_shared = SharedPositionsDict()
             owner.dcls_shared[role] = shared
             shared.attach_to(owner)
         for path in paths:
-            _replace(model, path, _to_dcls(chosen[path], window, kernel_count, interpolation, shared))
-            report.converted.append(Conversion(path, chosen[path].kernel_size, window, kernel_count, group))
+            _replace(model, path, _to_dcls(chosen[path], windows[path], kernel_count, interpolation, shared))
+            report.converted.append(Conversion(path, chosen[path].kernel_size, windows[path], kernel_count, group))
     report.kernel_count = kernel_count
     report.params_after = sum(
         p.numel() for p in _unique_parameters(model.get_submodule(c.path) for c in report.converted)
@@ -201,14 +264,11 @@ def _stage_group(path: str) -> str | None:
     return None if stage is None else f"{stage}/{_role_in_stage(path, stage)}"
 
 
-def _check_groups(groups: dict, chosen: dict, window) -> None:
+def _check_groups(groups: dict, chosen: dict, windows: dict) -> None:
     for group, paths in groups.items():
         if group is None:
             continue
-        shapes = {
-            (chosen[p].out_channels, chosen[p].in_channels // chosen[p].groups, len(chosen[p].kernel_size))
-            for p in paths
-        }
+        shapes = {(chosen[p].out_channels, chosen[p].in_channels // chosen[p].groups, windows[p]) for p in paths}
         if len(shapes) > 1:
             raise ValueError(
                 f"convolutions sharing positions in group {group!r} differ in shape {sorted(shapes)}: "
@@ -216,14 +276,20 @@ def _check_groups(groups: dict, chosen: dict, window) -> None:
             )
 
 
-def _equal_parameter_count(groups: dict, chosen: dict, window, position_dims: list[int]) -> int:
+def _equal_parameter_count(groups: dict, chosen: dict, position_dims: dict[str, int]) -> int:
     """The largest count whose weights + positions (+ widths) fit in the original weights."""
+
+    def pairs(path: str) -> int:  # (output, input) channel pairs: one weight per element each
+        conv = chosen[path]
+        return conv.out_channels * (conv.in_channels // conv.groups)
+
     original = sum(conv.weight.numel() for conv in chosen.values())
     per_element = 0  # parameters each unit of kernel_count costs, over the whole model
-    for (group, paths), dims in zip(groups.items(), position_dims):
-        pair_count = chosen[paths[0]].out_channels * (chosen[paths[0]].in_channels // chosen[paths[0]].groups)
-        per_element += pair_count * len(paths)  # weights
-        per_element += pair_count * dims * (1 if group is not None else len(paths))  # positions (+ widths)
+    for group, paths in groups.items():
+        per_element += sum(pairs(p) for p in paths)  # weights
+        # positions (+ widths): once per shared group (same shapes), per layer otherwise
+        owners = paths[:1] if group is not None else paths
+        per_element += sum(pairs(p) * position_dims[p] for p in owners)
     count = original // per_element
     if count < 1:
         raise ValueError("the original kernels are too small for even one DCLS element at equal parameter count")
@@ -231,9 +297,9 @@ def _equal_parameter_count(groups: dict, chosen: dict, window, position_dims: li
 
 
 def _to_dcls(conv: nn.Module, window, kernel_count: int, interpolation, shared: SharedPositions | None) -> _DclsNd:
-    padding = "same" if conv.padding == "same" else tuple(w // 2 for w in window)
-    if conv.padding == "valid":
-        padding = "valid"
+    # "same" keeps the output size for even windows too (stride 1; dclsify rejects even + stride);
+    # for odd windows w // 2 is the same padding and also works with stride.
+    padding = "same" if any(w % 2 == 0 for w in window) else tuple(w // 2 for w in window)
     layer = _DCLS_BY_CONV[type(conv)](
         conv.in_channels,
         conv.out_channels,
@@ -245,6 +311,7 @@ def _to_dcls(conv: nn.Module, window, kernel_count: int, interpolation, shared: 
         bias=conv.bias is not None,
         padding_mode=conv.padding_mode,
         version=interpolation,
+        learned_axes=_learned_axes(window),
         shared_positions=shared,
         device=conv.weight.device,
         dtype=conv.weight.dtype,
