@@ -43,6 +43,7 @@ __all__ = [
     "construct_kernel",
     "position_bounds",
     "clamp_positions_",
+    "init_positions_",
 ]
 
 # Added to each axis' normaliser so that an element whose footprint lies entirely outside the
@@ -340,6 +341,18 @@ def clamp_positions_(positions: Tensor, dilated_kernel_size: Sequence[int]) -> T
     for axis, window in enumerate(dilated_kernel_size):
         positions[axis].clamp_(*position_bounds(window))
     return positions
+
+
+@torch.no_grad()
+def init_positions_(
+    positions: Tensor, sigmas: Tensor | None, dilated_kernel_size: Sequence[int], version: str | Interpolation
+) -> None:
+    """The official initialisation, in place: ``P ~ N(0, 0.5)`` clamped into the window, and
+    ``SIG`` (if any) at the interpolation's initial value (0 for triangle, 0.23 for gauss)."""
+    positions.normal_(0.0, 0.5)
+    clamp_positions_(positions, dilated_kernel_size)
+    if sigmas is not None:
+        sigmas.fill_(resolve_interpolation(version).sigma_init)
 
 
 def axis_footprints(

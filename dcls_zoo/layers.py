@@ -23,6 +23,7 @@ from .construct import (
     Interpolation,
     axis_footprints,
     clamp_positions_,
+    init_positions_,
     kernel_from_footprints,
     resolve_interpolation,
 )
@@ -200,11 +201,7 @@ class _DclsNd(nn.Module):
             bound = 1.0 / math.sqrt(fan_in)
             nn.init.uniform_(self.bias, -bound, bound)
         if self.shared_positions is None:
-            with torch.no_grad():
-                self.P.normal_(0.0, 0.5)
-            self.clamp_positions_()
-            if self.SIG is not None:
-                nn.init.constant_(self.SIG, self.interpolation.sigma_init)
+            init_positions_(self.P, self.SIG, self.learned_kernel_size, self.interpolation)
 
     @torch.no_grad()
     def clamp_positions_(self) -> None:

@@ -17,7 +17,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .construct import Footprints, axis_footprints, clamp_positions_, resolve_interpolation, Interpolation
+from .construct import (
+    Footprints,
+    Interpolation,
+    axis_footprints,
+    clamp_positions_,
+    init_positions_,
+    resolve_interpolation,
+)
 
 __all__ = ["SharedPositions"]
 
@@ -55,11 +62,7 @@ class SharedPositions(nn.Module):
 
     def reset_parameters(self) -> None:
         """``P ~ N(0, 0.5)`` clamped into the window; ``SIG`` at the interpolation's initial value."""
-        with torch.no_grad():
-            self.P.normal_(0.0, 0.5)
-        self.clamp_positions_()
-        if self.SIG is not None:
-            nn.init.constant_(self.SIG, self.interpolation.sigma_init)
+        init_positions_(self.P, self.SIG, self.learned_kernel_size, self.interpolation)
 
     @torch.no_grad()
     def clamp_positions_(self) -> None:

@@ -204,25 +204,25 @@ def test_layer_matches_official_forward_and_backward(dims, config_name, version)
 
     generator = torch.Generator().manual_seed(seed + 1)
     batch, *spatial = cfg["input"]
-    x = torch.randn(batch, cfg["in_channels"], *spatial, generator=generator)
-    x_official = x.clone().requires_grad_(True)
-    x_ours = x.clone().requires_grad_(True)
-
-    out_official = official(x_official)
-    out_ours = ours(x_ours)
-    assert out_ours.shape == out_official.shape
-    assert_close_rel(out_ours, out_official, what="output")
-
-    cotangent = torch.randn(out_official.shape, generator=generator)
-    (out_official * cotangent).sum().backward()
-    (out_ours * cotangent).sum().backward()
-
-    assert_close_rel(x_ours.grad, x_official.grad, what="grad input")
-    assert_close_rel(ours.weight.grad, official.weight.grad, what="grad weight")
+    _compare_forward_backward(official, ours, torch.randn(batch, cfg["in_channels"], *spatial, generator=generator),
+                              generator)
     assert_close_rel(ours.P.grad, mapping(official.P.grad), what="grad P")
     if official.SIG is not None:
         assert official.SIG.grad.abs().max() > 0, "official SIG gradient is trivially zero"
         assert_close_rel(ours.SIG.grad, mapping(official.SIG.grad), what="grad SIG")
+
+
+def _compare_forward_backward(official, ours, x: torch.Tensor, generator: torch.Generator) -> None:
+    """Same input through both layers: outputs, then gradients of input, weight and bias agree."""
+    x_official, x_ours = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_official, out_ours = official(x_official), ours(x_ours)
+    assert out_ours.shape == out_official.shape
+    assert_close_rel(out_ours, out_official, what="output")
+    cotangent = torch.randn(out_official.shape, generator=generator)
+    (out_official * cotangent).sum().backward()
+    (out_ours * cotangent).sum().backward()
+    assert_close_rel(x_ours.grad, x_official.grad, what="grad input")
+    assert_close_rel(ours.weight.grad, official.weight.grad, what="grad weight")
     if official.bias is not None:
         assert_close_rel(ours.bias.grad, official.bias.grad, what="grad bias")
 
@@ -323,16 +323,8 @@ def test_nonsquare_2d_matches_official_v0(window):
     _copy_into_ours(official, ours, lambda t: t)
     assert_close_rel(ours.kernel(), official.DCK(official.weight, official.P, None), what="kernel")
 
-    x = torch.randn(2, 4, window[0] + 4, window[1] + 5, generator=generator)
-    x_official, x_ours = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    out_official, out_ours = official(x_official), ours(x_ours)
-    assert_close_rel(out_ours, out_official, what="output")
-    cotangent = torch.randn(out_official.shape, generator=generator)
-    (out_official * cotangent).sum().backward()
-    (out_ours * cotangent).sum().backward()
-    assert_close_rel(x_ours.grad, x_official.grad, what="grad input")
-    assert_close_rel(ours.weight.grad, official.weight.grad, what="grad weight")
-    assert_close_rel(ours.bias.grad, official.bias.grad, what="grad bias")
+    _compare_forward_backward(official, ours, torch.randn(2, 4, window[0] + 4, window[1] + 5, generator=generator),
+                              generator)
     # Along a flat axis the official unnormalised v0 loses mass when P moves off 0 while our
     # normalised footprint keeps it (gradient 0): compare P gradients on the non-flat axes only.
     for axis, size in enumerate(window):
