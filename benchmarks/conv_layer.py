@@ -12,7 +12,7 @@ the Gaussian 23 / 26 layer — this times forward + backward of:
 All three compute the same thing (checked on the first repeat: outputs of ours and the official
 layer agree to 1e-4). Markdown table on stdout, progress on stderr.
 
-    python benchmarks/conv_layer.py [--quick] [--threads N] [--repeats N]
+    python benchmarks/conv_layer.py [--quick] [--threads N] [--repeats N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def _official(channels: int, window: int, count: int, version: str) -> nn.Module
 
 
 def _ours_like(official: nn.Module, channels: int, window: int, count: int, version: str) -> Dcls2d:
-    ours = Dcls2d(channels, channels, count, window, padding="same", groups=channels, version=version)
+    ours = Dcls2d(channels, channels, count, window, padding="same", groups=channels, version=version,
+                  device=official.weight.device)
     with torch.no_grad():
         ours.weight.copy_(official.weight)
         ours.bias.copy_(official.bias)
@@ -64,6 +65,8 @@ def _step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor):
         layer.zero_grad(set_to_none=True)
         x.grad = None
         layer(x).backward(grad)
+        if x.is_cuda:  # time the work, not the launches
+            torch.cuda.synchronize()
 
     return run
 
@@ -73,7 +76,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the official layer then uses its native path)")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (1 if args.quick else 3)
     torch.manual_seed(0)
@@ -82,11 +87,11 @@ def main() -> None:
     for interpolation, official_version, window, count in LAYERS:
         for channels, size in STAGES:
             print(f"  {interpolation} C={channels} H={size} ...", file=sys.stderr, flush=True)
-            official = _official(channels, window, count, official_version)
+            official = _official(channels, window, count, official_version).to(device)
             ours = _ours_like(official, channels, window, count, interpolation)
-            dense = nn.Conv2d(channels, channels, window, padding=window // 2, groups=channels)
-            x = torch.randn(BATCH, channels, size, size, requires_grad=True)
-            grad = torch.randn(BATCH, channels, size, size)
+            dense = nn.Conv2d(channels, channels, window, padding=window // 2, groups=channels, device=device)
+            x = torch.randn(BATCH, channels, size, size, device=device, requires_grad=True)
+            grad = torch.randn(BATCH, channels, size, size, device=device)
             with torch.no_grad():
                 reference = official(x)
                 error = ((ours(x) - reference).norm() / reference.norm()).item()
@@ -98,7 +103,7 @@ def main() -> None:
             }
             rows.append((interpolation, window, count, channels, size, times))
 
-    print(f"\nDepthwise DCLS layer forward + backward, batch {BATCH}, NCHW float32, CPU, "
+    print(f"\nDepthwise DCLS layer forward + backward, batch {BATCH}, NCHW float32, {device.type}, "
           f"torch {torch.__version__}, {args.threads} thread(s), best of {repeats}.\n")
     print("| layer | C x H | ours ms | official ms | nn.Conv2d dense ms | vs official | vs nn.Conv2d |")
     print("|---|---|---:|---:|---:|---:|---:|")

@@ -12,7 +12,7 @@ hits both alike:
 Ratios are ConvNeXt-T time / model time (higher is better) and model memory / ConvNeXt-T memory.
 ``--profile`` adds the top operators of one training step of each model.
 
-    python benchmarks/model_throughput.py [--quick] [--threads N] [--repeats N] [--profile]
+    python benchmarks/model_throughput.py [--quick] [--threads N] [--repeats N] [--profile] [--device cuda]
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def _training_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor)
         nn.functional.cross_entropy(model(images), labels).backward()
         optimizer.step()
         dcls_zoo.clamp_model_positions_(model)
+        _synchronize(images)
 
     return step
 
@@ -57,8 +58,14 @@ def _inference(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
     def forward() -> None:
         with torch.no_grad():
             model(images)
+        _synchronize(images)
 
     return forward
+
+
+def _synchronize(tensor: torch.Tensor) -> None:
+    if tensor.is_cuda:  # time the work, not the kernel launches
+        torch.cuda.synchronize()
 
 
 def _interleaved_best(functions: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
@@ -89,16 +96,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (1 if args.quick else 3)
     torch.manual_seed(0)
-    images = torch.randn(BATCH, 3, SIZE, SIZE)
-    labels = torch.randint(0, 1000, (BATCH,))
+    images = torch.randn(BATCH, 3, SIZE, SIZE, device=device)
+    labels = torch.randint(0, 1000, (BATCH,), device=device)
 
     print("  building models ...", file=sys.stderr, flush=True)
-    models = {BASELINE: timm.create_model(BASELINE)}
-    models.update({name: dcls_zoo.create_model(name) for name in TRAINED})
+    models = {BASELINE: timm.create_model(BASELINE).to(device)}
+    models.update({name: dcls_zoo.create_model(name).to(device) for name in TRAINED})
 
     print("  training steps ...", file=sys.stderr, flush=True)
     steps = {name: _training_step(model, images, labels) for name, model in models.items()}
@@ -118,7 +127,7 @@ def main() -> None:
         print("  peak memory ...", file=sys.stderr, flush=True)
         memory = {name: peak_memory_bytes(steps[name]) for name in (BASELINE, "convnext_dcls_tiny")}
 
-    print(f"\nWhole models, batch {BATCH}, {SIZE}x{SIZE}, NCHW float32, CPU, torch {torch.__version__}, "
+    print(f"\nWhole models, batch {BATCH}, {SIZE}x{SIZE}, NCHW float32, {device.type}, torch {torch.__version__}, "
           f"{args.threads} thread(s), best of {repeats} (interleaved).\n")
     print("| model | training s/step | training throughput vs convnext_tiny | inference s/batch | "
           "inference throughput vs convnext_tiny |")
