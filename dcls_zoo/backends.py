@@ -149,8 +149,11 @@ class _DepthwiseCpuConv(torch.autograd.Function):
         grad_input = grad_kernel = grad_bias = None
         if ctx.needs_input_grad[0]:
             layout = torch.channels_last if dims == 2 else torch.contiguous_format
+            # The input gradient needs the input's shape and layout only, not its values: an
+            # uninitialised stand-in saves copying the activation into channels_last.
+            shape_of_input = torch.empty_like(input, memory_format=layout)
             grad_input = torch.ops.aten.convolution_backward(
-                grad_output.contiguous(memory_format=layout), input.contiguous(memory_format=layout), kernel, None,
+                grad_output.contiguous(memory_format=layout), shape_of_input, kernel, None,
                 ctx.stride, ctx.padding, (1,) * dims, False, (0,) * dims, channels, (True, False, False),
             )[0]
         if ctx.needs_input_grad[1]:

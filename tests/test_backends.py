@@ -49,7 +49,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("dims,channels,window,spatial,stride,padding,padding_mode", CASES)
-@pytest.mark.parametrize("version", ["bilinear", "gauss"])
+@pytest.mark.parametrize("version", ["bilinear", "triangle", "gauss"])
 def test_cpu_depthwise_matches_native(dims, channels, window, spatial, stride, padding, padding_mode, version):
     torch.manual_seed(0)
     layer = LAYERS[dims](channels, channels, 4, window, stride=stride, padding=padding, groups=channels,
