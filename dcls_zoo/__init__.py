@@ -2,7 +2,8 @@
 
 Public API (see the README): the layers :class:`Dcls1d`, :class:`Dcls2d`, :class:`Dcls3d`, the
 functional kernel construction in :mod:`dcls_zoo.construct`, and the model zoo (registered in
-timm on import): :func:`create_model`, :func:`list_models`, :func:`dclsify`.
+timm on import): :func:`create_model`, :func:`list_models`, :func:`dclsify`; Hub export and
+upload (:mod:`dcls_zoo.hub`): :func:`save_pretrained`, :func:`push_to_hub`.
 """
 
 from .construct import (
@@ -16,6 +17,15 @@ from .construct import (
 )
 from .backends import set_backend, use_backend
 from .fuse import fuse, to_conv
+from .hub import (
+    HubUnreachableError,
+    PushError,
+    PushResult,
+    hub_download_errors,
+    push_to_hub,
+    save_pretrained,
+    upload_export,
+)
 from .layers import Dcls1d, Dcls2d, Dcls3d
 from .models import (
     ConvNeXtDcls,
@@ -35,6 +45,13 @@ __all__ = [
     "set_backend",
     "to_conv",
     "use_backend",
+    "HubUnreachableError",
+    "PushError",
+    "PushResult",
+    "hub_download_errors",
+    "push_to_hub",
+    "save_pretrained",
+    "upload_export",
     "ConvNeXtDcls",
     "DclsifyReport",
     "SharedPositions",

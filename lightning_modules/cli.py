@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
-from . import convert_command, demo
+from . import convert_command, demo, push_command
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
@@ -18,6 +18,11 @@ COMMANDS: dict[str, Command] = {
         "convert an authors' ConvNeXt-dcls checkpoint (Zenodo .pth) into a dcls-zoo safetensors file",
         convert_command.add_arguments,
         convert_command.run,
+    ),
+    "push": (
+        "upload an export directory or a Lightning checkpoint to the Hugging Face Hub (safetensors + model card)",
+        push_command.add_arguments,
+        push_command.run,
     ),
 }
 
