@@ -26,11 +26,12 @@ from typing import Any
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import LayerNorm2d
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.convnext import ConvNeXt
 from torch import nn
 
 from ..layers import _DclsNd
+from ..pretrained import PRETRAINED_WEIGHTS, build_model_with_weights
 from .dclsify import DclsifyReport, dclsify
 
 __all__ = ["ConvNeXtDcls"]
@@ -45,8 +46,6 @@ _GAUSS_PAPER = {
     "paper_name": "Dilated Convolution with Learnable Spacings: beyond bilinear interpolation",
     "origin_url": "https://github.com/K-H-Ismail/Dilated-Convolution-with-Learnable-Spacings-PyTorch",
 }
-_ZENODO_BILINEAR = "https://zenodo.org/record/7112021/files/"
-_ZENODO_GAUSS = "https://zenodo.org/record/8029747/files/"
 
 
 class ConvNeXtDcls(ConvNeXt):
@@ -129,7 +128,8 @@ class ConvNeXtDcls(ConvNeXt):
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
     from ..convert import official_checkpoint_filter  # the converter knows our layout; import late
 
-    return build_model_with_cfg(
+    # pretrained=True resolves through dcls_zoo.pretrained (Hub repo, else the authors' file).
+    return build_model_with_weights(
         ConvNeXtDcls,
         variant,
         pretrained,
@@ -156,25 +156,33 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
     }
 
 
+def _fallback_url(tag: str) -> str:
+    # timm's cfg keeps the authors' URL (timm.list_pretrained, pretrained_cfg['url']); the Hub repo,
+    # revision and checksums live in dcls_zoo.pretrained.PRETRAINED_WEIGHTS.
+    url = PRETRAINED_WEIGHTS[tag].fallback_url
+    assert url is not None
+    return url
+
+
 default_cfgs = generate_default_cfgs(
     {
         "convnext_dcls_tiny.in1k": _cfg(
-            _ZENODO_BILINEAR + "convnext_dcls_tiny_1k_224_ema.pth",
+            _fallback_url("convnext_dcls_tiny.in1k"),
             notes=("authors' release (Zenodo 7112021, EMA): ImageNet-1k top-1 82.5 in the paper",),
             **_PAPER,
         ),
         "convnext_dcls_small.in1k": _cfg(
-            _ZENODO_BILINEAR + "convnext_dcls_small_1k_224_ema.pth",
+            _fallback_url("convnext_dcls_small.in1k"),
             notes=("authors' release (Zenodo 7112021, EMA): ImageNet-1k top-1 83.7 in the paper",),
             **_PAPER,
         ),
         "convnext_dcls_base.in1k": _cfg(
-            _ZENODO_BILINEAR + "convnext_dcls_base_1k_224_ema.pth",
+            _fallback_url("convnext_dcls_base.in1k"),
             notes=("authors' release (Zenodo 7112021, EMA): ImageNet-1k top-1 84.1 in the paper",),
             **_PAPER,
         ),
         "convnext_dcls_gauss_tiny.in1k": _cfg(
-            _ZENODO_GAUSS + "convnext_dcls_gauss_tiny_1k_224_ema.pth",
+            _fallback_url("convnext_dcls_gauss_tiny.in1k"),
             notes=("authors' release (Zenodo 8029747, EMA); W-first positions, converted on load",),
             **_GAUSS_PAPER,
         ),

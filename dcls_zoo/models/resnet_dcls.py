@@ -25,11 +25,12 @@ from collections.abc import Callable
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 
 from ..layers import _DclsNd
+from ..pretrained import build_model_with_weights
 from .dclsify import DclsifyReport, dclsify, stage_of
 
 __all__ = ["ResNetDcls", "residual_block_conv"]
@@ -114,7 +115,8 @@ def _create_resnet_dcls(variant: str, pretrained: bool = False, **kwargs: Any) -
     # flatten_sequential=False keeps each ``layerN`` one module, so its forward hooks build the
     # stage's shared footprints once per forward in features_only mode too (flattened, the
     # blocks would run without their stage and rebuild them block by block).
-    return build_model_with_cfg(
+    # pretrained=True resolves through dcls_zoo.pretrained (no ResNet row yet: it raises).
+    return build_model_with_weights(
         ResNetDcls, variant, pretrained, feature_cfg=dict(flatten_sequential=False), **kwargs
     )
 
