@@ -62,4 +62,9 @@ def create_model(name: str, pretrained: bool | str = False, *, revision: str | N
         overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
         overlay["hf_hub_id"] = hub_id_at_revision(name, revision)
         kwargs["pretrained_cfg_overlay"] = overlay
+    if name.startswith(("hf-hub:", "hf_hub:")):
+        from ..hub import hub_download_errors  # the Hub client is imported only when a Hub name is used
+
+        with hub_download_errors(name):
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
     return timm.create_model(name, pretrained=pretrained, **kwargs)
