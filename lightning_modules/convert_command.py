@@ -4,9 +4,10 @@
 
 reads the file safely (weights only), renames facebook keys to timm's, collapses the per-block
 copies of each stage's positions, puts the positions in our axis order, checks that the result
-loads strictly into ``dcls_zoo.create_model(arch)`` and only then writes
-``weights/model.safetensors`` (timm's file name for a Hub or ``local-dir:`` model) with its
-provenance in the safetensors metadata.
+loads strictly into ``dcls_zoo.create_model(arch)`` and only then writes a Hub export into the
+directory (``config.json``, ``model.safetensors``, ``README.md``: publish it with
+``dcls-zoo push weights/ --repo-id ORG/NAME``), or, for ``--out FILE.safetensors``, the weights
+alone with their provenance in the safetensors metadata.
 """
 
 from __future__ import annotations
@@ -92,6 +93,15 @@ def run(args: argparse.Namespace) -> int:
             return _fail(f"{error} (arch {args.arch})")
         print(f"checked: loads strictly into {args.arch}" + (f" (num_classes={num_classes})" if num_classes else ""))
 
+    if args.out.suffix != ".safetensors" and not args.no_check:
+        # A directory gets a whole Hub export (config.json, weights, model card), ready for
+        # `dcls-zoo push DIR --repo-id ...` and `create_model("local-dir:DIR", pretrained=True)`.
+        card = {"description": f"Converted by dcls-zoo from the authors' release {args.checkpoint.name} "
+                               f"(entry {conversion.source!r}, positions {conversion.axis_order or 'hw'}-first "
+                               "in the file, row-first here)."}
+        directory = dcls_zoo.save_pretrained(model, args.out, model_card=card)
+        print(f"wrote the export {directory}: " + ", ".join(sorted(p.name for p in Path(directory).iterdir())))
+        return 0
     path = _output_path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {

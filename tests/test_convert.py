@@ -383,9 +383,9 @@ def test_training_args_namespace_is_allowed(tmp_path, bilinear):
 @pytest.mark.slow
 def test_convert_command_writes_a_strictly_loading_safetensors(gauss_tiny_file, tmp_path, capsys):
     official = gauss_tiny_file
-    assert main(["convert", str(official.path), "--arch", official.arch, "--out", str(tmp_path / "out")]) == 0
+    assert main(["convert", str(official.path), "--arch", official.arch, "--out", str(tmp_path / "out.safetensors")]) == 0
     output = capsys.readouterr().out
-    written = tmp_path / "out" / "model.safetensors"
+    written = tmp_path / "out.safetensors"
     assert str(written) in output and "'wh'" in output and "loads strictly into convnext_dcls_gauss_tiny" in output
     state = load_file(written)
     model = dcls_zoo.create_model(official.arch, num_classes=NUM_CLASSES)
@@ -395,6 +395,18 @@ def test_convert_command_writes_a_strictly_loading_safetensors(gauss_tiny_file, 
     with safe_open(written, framework="pt") as handle:
         metadata = handle.metadata()
     assert metadata["arch"] == official.arch and metadata["source_axis_order"] == "wh"
+
+
+def test_convert_command_into_a_directory_writes_a_loadable_hub_export(gauss_tiny_file, tmp_path, capsys):
+    official = gauss_tiny_file
+    export = tmp_path / "export"
+    assert main(["convert", str(official.path), "--arch", official.arch, "--out", str(export)]) == 0
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in export.iterdir()}
+    assert "wrote the export" in capsys.readouterr().out
+    loaded = dcls_zoo.create_model(f"local-dir:{export}", pretrained=True)
+    expected = convert_official_checkpoint(official.path, official.arch)
+    state = loaded.state_dict()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
 
 
 def test_convert_command_reports_a_bad_file(tmp_path, capsys):
