@@ -211,6 +211,17 @@ def test_push_to_a_branch_and_pin_a_commit(fake_hub, model, images, tmp_path):
     _assert_same_model(dcls_zoo.create_model(f"hf-hub:{repo_id}@{first.commit_oid}", pretrained=True), model, images)
 
 
+def test_snapshot_download_fetches_the_whole_export(fake_hub, model, tmp_path):
+    from huggingface_hub import snapshot_download
+
+    repo_id = _repo("snapshot")
+    pushed = dcls_zoo.push_to_hub(model, repo_id, local_dir=tmp_path / "export")
+    snapshot = Path(snapshot_download(repo_id, cache_dir=tmp_path / "cache"))
+    assert EXPORT_FILES <= {p.name for p in snapshot.iterdir()}
+    for name in EXPORT_FILES:
+        assert (snapshot / name).read_bytes() == (pushed.local_dir / name).read_bytes()
+
+
 def test_offline_reuse_of_the_cache_in_a_fresh_process(fake_hub, model, images, tmp_path):
     repo_id = _repo("offline")
     dcls_zoo.push_to_hub(model, repo_id, local_dir=tmp_path / "export")
