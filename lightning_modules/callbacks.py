@@ -55,23 +55,30 @@ class HubPushCallback(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
-            self._push(trainer, pl_module, f"epoch={trainer.current_epoch}")
+            self._push(trainer, pl_module, f"epoch={trainer.current_epoch}", trainer.current_epoch + 1)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._push(trainer, pl_module, "final")
+        self._push(trainer, pl_module, "final", trainer.current_epoch)  # the counter moved past the last epoch
 
-    def _push(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> None:
+    def _push(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str, epochs_done: int) -> None:
         if not trainer.is_global_zero:
             return
         from dcls_zoo import push_to_hub
 
         model = getattr(pl_module, self.model_attribute)
         local_dir = (self.export_dir or Path(trainer.default_root_dir) / "hub_export") / name
+        card = dict(self.model_card)
+        # the card reports the run: its latest logged metrics and where training stopped
+        metrics = {key: round(float(value), 6) for key, value in trainer.callback_metrics.items() if value.numel() == 1}
+        if metrics and "metrics" not in card:
+            card["metrics"] = metrics
+        card.setdefault("training", f"{epochs_done} epoch(s), {trainer.global_step} optimizer steps "
+                                    f"(dcls-zoo HubPushCallback, push '{name}')")
         try:
             result = push_to_hub(
                 model, self.repo_id, revision=self.revision, private=self.private, token=self.token,
-                commit_message=f"dcls-zoo: {name} (epoch {trainer.current_epoch}, step {trainer.global_step})",
-                model_card=self.model_card or None, local_dir=local_dir,
+                commit_message=f"dcls-zoo: {name} ({epochs_done} epochs, step {trainer.global_step})",
+                model_card=card, local_dir=local_dir,
             )
         except Exception as error:  # a failed push must never cost the run
             log.warning(

@@ -21,7 +21,9 @@ class _TinyClassifier(pl.LightningModule):
 
     def training_step(self, batch, batch_index):
         images, labels = batch
-        return torch.nn.functional.cross_entropy(self.model(images), labels)
+        loss = torch.nn.functional.cross_entropy(self.model(images), labels)
+        self.log("train_loss", loss)
+        return loss
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -42,7 +44,11 @@ def test_pushes_every_n_epochs_and_at_the_end(fake_hub, tmp_path):
     callback = HubPushCallback("dcls-test/callback", every_n_epochs=1, export_dir=tmp_path / "exports")
     module, trainer = _fit(tmp_path, callback)
     assert [path.name for path in callback.pushed] == ["epoch=0", "epoch=1", "final"]
-    assert {"model.safetensors", "config.json", "README.md"} <= set(fake_hub.files("dcls-test/callback"))
+    files = fake_hub.files("dcls-test/callback")
+    assert {"model.safetensors", "config.json", "README.md"} <= set(files)
+    card = files["README.md"].decode()
+    assert "train_loss" in card  # the card reports the run: its metrics...
+    assert "2 epoch(s), 4 optimizer steps" in card  # ...and how long it trained
     loaded = dcls_zoo.create_model("hf-hub:dcls-test/callback", pretrained=True).eval()
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
