@@ -16,6 +16,8 @@ Run ``python benchmarks/common.py`` to self-check the tracker.
 
 from __future__ import annotations
 
+import argparse
+
 import gc
 import math
 import time
@@ -110,6 +112,21 @@ def peak_memory_bytes(fn: Callable[[], object]) -> int:
     with TensorMemoryTracker() as tracker:
         fn()
     return tracker.peak
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, default_threads: int) -> None:
+    """The options every side-by-side benchmark takes: --quick, --threads, --repeats, --device."""
+    parser.add_argument("--quick", action="store_true", help="one repeat (smoke test)")
+    parser.add_argument("--threads", type=int, default=default_threads)
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3; the best counts)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+
+
+def apply_run_arguments(args: argparse.Namespace) -> tuple[torch.device, int]:
+    """Set the thread count and the seed; returns the device and the number of repeats."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    return torch.device(args.device), args.repeats or (1 if args.quick else 3)
 
 
 def best_time_seconds(

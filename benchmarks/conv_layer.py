@@ -27,7 +27,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import best_time_seconds  # noqa: E402
+from common import add_run_arguments, apply_run_arguments, best_time_seconds  # noqa: E402
 from dcls_zoo import Dcls2d  # noqa: E402
 
 STAGES = ((96, 56), (192, 28), (384, 14), (768, 7))
@@ -73,15 +73,9 @@ def _step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (smoke test)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (the official layer then uses its native path)")
+    add_run_arguments(parser, default_threads=1)  # on cuda the official layer uses its native path
     args = parser.parse_args()
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    repeats = args.repeats or (1 if args.quick else 3)
-    torch.manual_seed(0)
+    device, repeats = apply_run_arguments(args)
 
     rows = []
     for interpolation, official_version, window, count in LAYERS:

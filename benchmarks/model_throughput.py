@@ -30,7 +30,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dcls_zoo  # noqa: E402
-from common import MIB, peak_memory_bytes  # noqa: E402
+from common import MIB, add_run_arguments, apply_run_arguments, peak_memory_bytes  # noqa: E402
 
 BASELINE = "convnext_tiny"
 TRAINED = ("convnext_dcls_tiny", "convnext_dcls_gauss_tiny")
@@ -92,16 +92,10 @@ def _profile(name: str, step: Callable[[], None]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one repeat, no memory measurement")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--repeats", type=int, default=None)
+    add_run_arguments(parser, default_threads=torch.get_num_threads())  # --quick also skips memory
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    repeats = args.repeats or (1 if args.quick else 3)
-    torch.manual_seed(0)
+    device, repeats = apply_run_arguments(args)
     images = torch.randn(BATCH, 3, SIZE, SIZE, device=device)
     labels = torch.randint(0, 1000, (BATCH,), device=device)
 
