@@ -1,42 +1,205 @@
-"""The ``dcls-zoo`` command: one entry point for the project's jobs.
+"""The ``dcls-zoo`` command: Lightning's ``fit``/``validate``/``test``/``predict`` plus the project's jobs.
 
-Subcommands are registered in :data:`COMMANDS` (name -> (help, add_arguments, run)).
+    dcls-zoo fit -c configs/quickstart.yaml             # train (LightningCLI; --help for every option)
+    dcls-zoo fit -c configs/convnext_dcls_tiny_in1k.yaml -c configs/presets/gpu_bf16.yaml
+    dcls-zoo export CKPT --out DIR                      # Lightning checkpoint -> Hub-format export
+    dcls-zoo push DIR_OR_CKPT --repo-id ORG/NAME        # upload to the Hugging Face Hub
+    dcls-zoo convert FILE --arch ARCH --out DIR         # the authors' released checkpoints
+    dcls-zoo benchmark NAME [ARGS]                      # the scripts in benchmarks/ (source checkout)
+
+The project's own commands are registered in :data:`COMMANDS` (name -> (help, add_arguments, run));
+everything else goes to :class:`DclsCLI`. ``python -m lightning_modules`` is the same tool.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
-from . import convert_command, demo, push_command
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+
+from . import convert_command, export_command, push_command
+from .module import ImageClassifier, NonFiniteLossError
+
+__all__ = ["COMMANDS", "DclsCLI", "cli_main", "main"]
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
+BENCHMARKS_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="a script of benchmarks/ without .py (construction, conv_layer, model_throughput)")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script (try --help)")
+
+
+def _run_benchmark(args: argparse.Namespace) -> int:
+    script = BENCHMARKS_DIR / f"{args.name}.py"
+    if not BENCHMARKS_DIR.is_dir():
+        print(f"dcls-zoo benchmark: error: {BENCHMARKS_DIR} is missing; benchmarks ship with the source checkout", file=sys.stderr)
+        return 1
+    if not script.is_file() or args.name == "common":
+        names = sorted(p.stem for p in BENCHMARKS_DIR.glob("*.py") if p.stem != "common")
+        print(f"dcls-zoo benchmark: error: no benchmark {args.name!r}; available: {', '.join(names)}", file=sys.stderr)
+        return 1
+    return subprocess.call([sys.executable, str(script), *args.args])
+
+
 COMMANDS: dict[str, Command] = {
-    "demo": ("learn the spacings of a hidden large-kernel convolution (CPU, ~30 s)", demo.add_arguments, demo.run),
-    "convert": (
-        "convert an authors' ConvNeXt-dcls checkpoint (Zenodo .pth) into a dcls-zoo safetensors file",
-        convert_command.add_arguments,
-        convert_command.run,
+    "export": (
+        "write a Lightning checkpoint as a Hub-format export directory (safetensors + config + model card)",
+        export_command.add_arguments,
+        export_command.run,
     ),
     "push": (
         "upload an export directory or a Lightning checkpoint to the Hugging Face Hub (safetensors + model card)",
         push_command.add_arguments,
         push_command.run,
     ),
+    "convert": (
+        "convert an authors' ConvNeXt-dcls checkpoint (Zenodo .pth) into a dcls-zoo export",
+        convert_command.add_arguments,
+        convert_command.run,
+    ),
+    "benchmark": ("run a benchmark script of benchmarks/ (prints Markdown tables)", _add_benchmark_arguments, _run_benchmark),
+}
+
+LIGHTNING_COMMANDS = {
+    "fit": "train (and validate) a model: dcls-zoo fit -c configs/quickstart.yaml",
+    "validate": "evaluate on the validation set (--ckpt_path to pick the weights)",
+    "test": "evaluate on the test set (--ckpt_path to pick the weights)",
+    "predict": "predict with a model (--ckpt_path to pick the weights)",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dcls-zoo", description="Dilated Convolution with Learnable Spacings")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, add_arguments, run) in COMMANDS.items():
-        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
-        add_arguments(subparser)
-        subparser.set_defaults(run=run)
-    return parser
+class DclsCLI(LightningCLI):
+    """LightningCLI for :class:`ImageClassifier` and any DataModule.
+
+    - ``num_classes`` and ``in_chans`` come from the DataModule (``data.num_classes``, ``data.in_chans``).
+    - ``fit`` takes ``--test_after_fit`` (test the best checkpoint) and ``--export_after_fit``
+      (write it as a Hub export under the run's log directory), then prints a summary and writes
+      ``summary.json`` beside the logs.
+    - A value the model or the data reject (a missing data directory, a negative rate) is reported as
+      a command-line error naming it, before any training.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "fit":  # options of the job around trainer.fit, not of Trainer.fit itself
+            parser.add_argument("--test_after_fit", type=bool, default=False, help="test the best checkpoint after fit")
+            parser.add_argument(
+                "--export_after_fit", type=bool, default=False, help="export the best checkpoint to <log_dir>/export"
+            )
+        return parser
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+            self.parser.error(f"{self.subcommand}: {error}")
+
+    def before_fit(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def after_fit(self) -> None:
+        config = self.config_init[self.subcommand]
+        trainer = self.trainer
+        summary: dict[str, Any] = {
+            "arch": self.model.hparams.arch,
+            "epochs": trainer.current_epoch,
+            "global_steps": trainer.global_step,
+            "fit_seconds": round(time.perf_counter() - self._fit_started, 1),
+            "log_dir": trainer.log_dir,
+        }
+        callback = trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "") or ""
+        if best:
+            summary["best_checkpoint"] = best
+            if getattr(callback, "best_model_score", None) is not None:
+                summary[f"best_{callback.monitor}"] = round(float(callback.best_model_score), 4)
+        if config.get("test_after_fit"):
+            results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            summary.update({k: round(float(v), 4) for k, v in (results[0] if results else {}).items()})
+        if config.get("export_after_fit") and trainer.is_global_zero:
+            if not best:
+                raise ValueError("--export_after_fit needs a checkpoint: enable a ModelCheckpoint callback")
+            summary["export_dir"] = str(self._export(best, summary))
+        if trainer.is_global_zero:
+            _print_summary(summary)
+            if trainer.log_dir:
+                Path(trainer.log_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+    def _export(self, checkpoint: str, summary: dict[str, Any]) -> Path:
+        data = self.datamodule
+        metrics = {k: v for k, v in summary.items() if k.startswith(("test/", "best_val"))}
+        card = {"metrics": metrics, "dataset": getattr(data, "dataset_name", None)}
+        directory, _ = export_command.export_checkpoint(
+            checkpoint,
+            Path(self.trainer.log_dir or ".") / "export",
+            label_names=getattr(data, "class_names", None),
+            data_config=getattr(data, "data_config", None),
+            model_card={k: v for k, v in card.items() if v},
+        )
+        return directory
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    width = max(len(key) for key in summary)
+    lines = ["", "dcls-zoo fit summary", "-" * 20] + [f"{key:<{width}}  {value}" for key, value in summary.items()]
+    rank_zero_info("\n".join(lines))
+
+
+def cli_main(args: ArgsType = None) -> DclsCLI:
+    """Run the Lightning subcommands (``args=None``: ``sys.argv``)."""
+    return DclsCLI(
+        ImageClassifier,
+        LightningDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        args=args,
+    )
+
+
+def _print_help() -> None:
+    lines = ["usage: dcls-zoo COMMAND [options]   (dcls-zoo COMMAND --help for a command's options)", ""]
+    lines.append("training (LightningCLI; configs in configs/):")
+    lines += [f"  {name:<10} {text}" for name, text in LIGHTNING_COMMANDS.items()]
+    lines.append("")
+    lines.append("models and the Hub:")
+    lines += [f"  {name:<10} {text}" for name, (text, _, _) in COMMANDS.items()]
+    print("\n".join(lines))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.run(args)
+    """Entry point of ``dcls-zoo`` and ``python -m lightning_modules``; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or arguments[0] in ("-h", "--help"):
+        _print_help()
+        return 0 if arguments else 2
+    name = arguments[0]
+    if name in COMMANDS:
+        help_text, add_arguments, run = COMMANDS[name]
+        parser = argparse.ArgumentParser(prog=f"dcls-zoo {name}", description=help_text)
+        add_arguments(parser)
+        return run(parser.parse_args(arguments[1:]))
+    try:
+        # args=None lets Lightning read sys.argv itself (and relaunch DDP ranks with it).
+        cli_main(None if argv is None else arguments)
+    except NonFiniteLossError as error:
+        print(f"dcls-zoo {name}: stopped: {error}", file=sys.stderr)
+        return 1
+    return 0

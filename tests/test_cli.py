@@ -27,15 +27,6 @@ def test_quick_start_has_two_commands_and_ci_runs_the_test_one():
     assert test_command in ci_script.splitlines()
 
 
-@pytest.mark.slow
-def test_demo_learns_and_saves_picture(tmp_path, capsys):
-    assert main(["demo", "--steps", "80", "--out", str(tmp_path)]) == 0
-    output = capsys.readouterr().out
-    first, last = map(float, re.search(r"mse ([\d.]+) -> ([\d.]+)", output).groups())
-    assert last < 0.5 * first, output
-    assert (tmp_path / "kernels.png").stat().st_size > 1000
-
-
 def test_unknown_command_is_rejected(capsys):
     with pytest.raises(SystemExit) as info:
         main(["teleport"])

@@ -25,7 +25,7 @@ from safetensors import safe_open
 import dcls_zoo
 from dcls_zoo.hub import PICKLE_SUFFIXES, HubUnreachableError, PushError
 from fake_hub import FakeHub
-from lightning_modules import push_command
+from lightning_modules import checkpoints, push_command
 from lightning_modules.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -396,7 +396,7 @@ def test_cli_push_checkpoint_errors(fake_hub, model, tmp_path, capsys):
 
 def test_checkpoint_weight_selection():
     raw, ema = {"model.w": 1}, {"model.w": 2}
-    select = push_command.select_weights
+    select = checkpoints.select_weights
     assert select({"state_dict": raw}, None) == (raw, "raw weights (state_dict)")
     assert select({"state_dict": raw, "state_dict_ema": ema}, None)[0] is ema
     assert select({"state_dict": raw, "ema_state_dict": ema}, False)[0] is raw
@@ -404,5 +404,5 @@ def test_checkpoint_weight_selection():
     assert select(averaged, True)[0] is ema and select(averaged, False)[0] is raw
     with pytest.raises(ValueError, match="no EMA"):
         select({"state_dict": raw}, True)
-    assert push_command.strip_prefix({"net.a": 1, "net.b": 2, "loss.c": 3}, None) == ({"a": 1, "b": 2}, "net.", 1)
-    assert push_command.strip_prefix({"a": 1}, None) == ({"a": 1}, "", 0)
+    assert checkpoints.strip_prefix({"net.a": 1, "net.b": 2, "loss.c": 3}, None) == ({"a": 1, "b": 2}, "net.", 1)
+    assert checkpoints.strip_prefix({"a": 1}, None) == ({"a": 1}, "", 0)
