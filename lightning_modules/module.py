@@ -182,7 +182,7 @@ class ImageClassifier(pl.LightningModule):
             if self.repulsive_loss_active:
                 loss = loss + self.hparams.repulsive_loss_weight * loss_rep**2
         self._check_finite(loss, batch_idx)
-        self.log("train/loss_fit", loss_fit.detach(), on_step=False, on_epoch=True)
+        self.log("train/loss_fit", loss_fit.detach(), on_step=True, on_epoch=True)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
