@@ -1,0 +1,246 @@
+"""ClampPositions, SigmaSchedule and PositionMonitor on a small ConvNeXt-dcls, trained for a few CPU steps.
+
+Each test fits a narrow ``convnext_dcls_atto`` (17x17 windows, positions shared per stage) on a
+synthetic 32x32 data set through a real Trainer, and checks the callbacks' effect against values the test
+computes on its own.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch.utils.data import DataLoader, TensorDataset
+
+import dcls_zoo
+from dcls_zoo.construct import position_bounds
+from dcls_zoo.shared import SharedPositions
+from lightning_modules.callbacks import ClampPositions, SigmaSchedule, position_groups
+
+WINDOW = 17  # convnext_dcls_atto's DCLS window
+GAUSS_OFFSET = 0.27  # effective gauss width = |SIG| + 0.27
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)  # the networks' initial positions too: reproducible values and run times
+
+
+class _Classifier(pl.LightningModule):
+    """The smallest module the callbacks need: the network as ``self.model``, SGD, positions at their own lr."""
+
+    def __init__(self, position_lr: float = 0.01, **model_kwargs) -> None:
+        super().__init__()
+        self.position_lr = position_lr
+        # ConvNeXt's layer scale starts at 1e-6, which leaves position gradients near 1e-9; at 1 the
+        # positions move within a few steps
+        model_kwargs.setdefault("ls_init_value", 1.0)
+        model_kwargs.setdefault("dims", (8, 16, 24, 32))  # atto's depths and windows, a quarter of its widths
+        self.model = dcls_zoo.create_model("convnext_dcls_atto", num_classes=10, in_chans=1, patch_size=2,
+                                           **model_kwargs)
+
+    def training_step(self, batch, batch_index):
+        images, labels = batch
+        loss = torch.nn.functional.cross_entropy(self.model(images), labels)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
+        positions = [p for name, p in named if name.endswith((".P", ".SIG"))]
+        others = [p for name, p in named if not name.endswith((".P", ".SIG"))]
+        return torch.optim.SGD([{"params": others}, {"params": positions, "lr": self.position_lr}], lr=0.01)
+
+
+def _fit(tmp_path: Path, module: pl.LightningModule, callbacks: list[Callback], epochs: int = 1, batches: int = 2,
+         **trainer_kwargs) -> pl.Trainer:
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(32, 1, 32, 32), torch.randint(0, 10, (32,)))
+    trainer_kwargs.setdefault("logger", CSVLogger(tmp_path))
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, limit_train_batches=batches,
+                         callbacks=callbacks, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, default_root_dir=tmp_path, **trainer_kwargs)
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    return trainer
+
+
+def _unique_positions(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every distinct ``P`` by state-dict name (``named_parameters`` lists a shared tensor once)."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if name.endswith(".P")}
+
+
+def _outside_window(model: torch.nn.Module) -> float:
+    """How far the farthest position lies outside the window (0: all inside)."""
+    low, high = position_bounds(WINDOW)
+    return max(max(float((low - p).max()), float((p - high).max()), 0.0) for p in _unique_positions(model).values())
+
+
+# --- ClampPositions ---------------------------------------------------------------------------------
+
+HUGE_POSITION_LR = 1e5  # one SGD step throws positions far out of their 17x17 window
+
+
+def test_without_clamp_a_huge_position_step_leaves_the_window(tmp_path):
+    module = _Classifier(position_lr=HUGE_POSITION_LR)
+    _fit(tmp_path, module, [], batches=1)
+    assert _outside_window(module.model) > 1.0  # the clamp test below can fail
+
+
+def test_clamp_keeps_every_position_in_its_window(tmp_path):
+    module = _Classifier(position_lr=HUGE_POSITION_LR)
+    before = _unique_positions(module.model)
+    _fit(tmp_path, module, [ClampPositions()], batches=2)
+    after = _unique_positions(module.model)
+    assert _outside_window(module.model) == 0.0
+    assert all(not torch.equal(before[name], after[name]) for name in before)  # they did move
+    low, high = position_bounds(WINDOW)
+    assert any(bool(((p == low) | (p == high)).any()) for p in after.values())  # clamped onto the edges
+
+
+def test_ema_listed_before_clamp_is_refused(tmp_path):
+    module = _Classifier()
+    with pytest.raises(MisconfigurationException, match="list ClampPositions before"):
+        _fit(tmp_path, module, [EMAWeightAveraging(decay=0.5), ClampPositions()], batches=1)
+
+
+@pytest.mark.parametrize("clamp", [True, False], ids=["clamp-then-ema", "ema-alone"])
+def test_ema_average_of_clamped_positions_stays_in_the_window(tmp_path, clamp):
+    module = _Classifier(position_lr=HUGE_POSITION_LR)
+    callbacks = ([ClampPositions()] if clamp else []) + [EMAWeightAveraging(decay=0.5)]
+    _fit(tmp_path, module, callbacks, batches=2)
+    # EMAWeightAveraging copies its average into the model at on_train_end
+    outside = _outside_window(module.model)
+    assert outside == 0.0 if clamp else outside > 1.0
+
+
+def test_clamp_warns_once_without_dcls_layers(tmp_path):
+    module = _Classifier()
+    module.model = dcls_zoo.create_model("convnext_k7_atto", num_classes=10, in_chans=1, patch_size=2)
+    with pytest.warns(UserWarning, match="has no DCLS layer; there is nothing to clamp"):
+        _fit(tmp_path, module, [ClampPositions()], batches=1)
+
+
+def test_clamp_names_a_missing_model_attribute(tmp_path):
+    with pytest.raises(MisconfigurationException, match="_Classifier has no attribute 'net'; pass model_attribute"):
+        _fit(tmp_path, _Classifier(), [ClampPositions(model_attribute="net")], batches=1)
+
+
+# --- SigmaSchedule ---------------------------------------------------------------------------------
+
+
+class _WidthRecorder(Callback):
+    """Records the effective widths the forward pass sees: at every batch start, after SigmaSchedule."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, list[torch.Tensor], bool]] = []  # (epoch, global step, widths, learned)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        sigmas = [p for name, p in pl_module.model.named_parameters() if name.endswith(".SIG")]
+        widths = [s.detach().abs() + GAUSS_OFFSET for s in sigmas]
+        self.seen.append((trainer.current_epoch, trainer.global_step, widths, any(s.requires_grad for s in sigmas)))
+
+
+def _linear(start: float, end: float, t: float) -> float:
+    return start + (end - start) * min(t, 1.0)
+
+
+def _cosine(start: float, end: float, t: float) -> float:
+    return end + (start - end) * (1 + math.cos(math.pi * min(t, 1.0))) / 2
+
+
+def test_sigma_schedule_per_epoch_linear(tmp_path):
+    module = _Classifier(dcls_version="gauss")
+    schedule, recorder = SigmaSchedule(start=2.0, end=0.5, end_epoch=2), _WidthRecorder()
+    _fit(tmp_path, module, [schedule, recorder], epochs=4, batches=1)
+    assert [epoch for epoch, *_ in recorder.seen] == [0, 1, 2, 3]
+    for epoch, _, widths, learned in recorder.seen:
+        expected = {0: 2.0, 1: 1.25, 2: 0.5, 3: 0.5}[epoch]  # end_epoch=2, then held at end
+        assert expected == pytest.approx(_linear(2.0, 0.5, epoch / 2))
+        for width in widths:
+            torch.testing.assert_close(width, torch.full_like(width, expected))
+        assert not learned
+    # frozen only while the callback runs
+    assert all(p.requires_grad for name, p in module.model.named_parameters() if name.endswith(".SIG"))
+
+
+def test_sigma_schedule_per_step_cosine_with_accumulation(tmp_path):
+    module = _Classifier(dcls_version="gauss")
+    schedule, recorder = SigmaSchedule(start=1.5, end=0.3, end_epoch=1, interval="step", shape="cosine"), _WidthRecorder()
+    # 3 batches per epoch, accumulating 2: the optimizer steps after batches 2 and 3 -> 2 steps per epoch
+    _fit(tmp_path, module, [schedule, recorder], epochs=2, batches=3, accumulate_grad_batches=2)
+    steps = [step for _, step, _, _ in recorder.seen]
+    assert steps == [0, 0, 1, 2, 2, 3]
+    for _, step, widths, learned in recorder.seen:
+        expected = _cosine(1.5, 0.3, step / 2)  # end_epoch (1) * steps per epoch (2)
+        for width in widths:
+            torch.testing.assert_close(width, torch.full_like(width, expected))
+        assert not learned
+    assert schedule.width_at(0.5) == pytest.approx(0.9)  # half way down the cosine
+
+
+def test_sigma_schedule_writes_each_shared_sigma_once(tmp_path):
+    module = _Classifier(dcls_version="gauss")
+    schedule = SigmaSchedule(start=1.0, end=0.5, end_epoch=1)
+    trainer = _fit(tmp_path, module, [schedule], batches=1)
+    assert [group.name for group in schedule.groups] == ["stages.0", "stages.1", "stages.2", "stages.3"]
+    assert all(isinstance(group.owner, SharedPositions) for group in schedule.groups)
+    versions = [group.SIG._version for group in schedule.groups]
+    schedule.apply(trainer)
+    assert [group.SIG._version for group in schedule.groups] == [v + 1 for v in versions]  # one write each
+
+
+def test_sigma_schedule_per_layer_sigmas(tmp_path):
+    module = _Classifier(dcls_version="gauss", dcls_share="layer")
+    schedule, recorder = SigmaSchedule(start=1.0, end=0.5, end_epoch=1), _WidthRecorder()
+    _fit(tmp_path, module, [schedule, recorder], epochs=2, batches=1)
+    assert len(schedule.groups) == 12  # every block's layer owns its SIG
+    for epoch, _, widths, _ in recorder.seen:
+        assert len(widths) == 12
+        for width in widths:
+            torch.testing.assert_close(width, torch.full_like(width, [1.0, 0.5][epoch]))
+
+
+def test_sigma_schedule_needs_layers_with_sigma(tmp_path):
+    with pytest.raises(MisconfigurationException, match="has no DCLS layer with a width SIG"):
+        _fit(tmp_path, _Classifier(), [SigmaSchedule(start=1.0, end=0.5, end_epoch=1)], batches=1)
+
+
+def test_sigma_schedule_refuses_widths_below_the_offset(tmp_path):
+    with pytest.raises(MisconfigurationException, match=r"'gauss' elements.*cannot go below 0.27"):
+        _fit(tmp_path, _Classifier(dcls_version="gauss"), [SigmaSchedule(start=1.0, end=0.2, end_epoch=1)], batches=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"start": 1.0, "end": 0.5, "end_epoch": 0}, "end_epoch must be an int >= 1"),
+        ({"start": 0.0, "end": 0.5, "end_epoch": 1}, "start and end must be positive"),
+        ({"start": 1.0, "end": 0.5, "end_epoch": 1, "interval": "batch"}, "interval must be 'epoch' or 'step'"),
+        ({"start": 1.0, "end": 0.5, "end_epoch": 1, "shape": "exp"}, "shape must be 'linear' or 'cosine'"),
+    ],
+)
+def test_sigma_schedule_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SigmaSchedule(**kwargs)
+
+
+# --- position groups --------------------------------------------------------------------------------
+
+
+def test_position_groups_name_stages_and_count_shared_positions_once():
+    shared = dcls_zoo.create_model("convnext_dcls_atto", num_classes=10, in_chans=1, patch_size=2)
+    groups = position_groups(shared)
+    assert [g.name for g in groups] == ["stages.0", "stages.1", "stages.2", "stages.3"]
+    assert [len(g.layers) for g in groups] == [2, 2, 6, 2]
+    assert all(layer.P is g.P for g in groups for layer in g.layers)
+    per_layer = dcls_zoo.create_model("convnext_dcls_atto", num_classes=10, in_chans=1, patch_size=2,
+                                      dcls_share="layer")
+    names = [g.name for g in position_groups(per_layer)]
+    assert len(names) == 12 and names[:2] == ["stages.0.blocks.0.conv_dw", "stages.0.blocks.1.conv_dw"]
