@@ -3,10 +3,9 @@
 - :class:`ClampPositions`: keeps every DCLS position inside its window after each optimizer step.
 - :class:`SigmaSchedule`: drives the Gaussian/triangle width ``SIG`` along a fixed schedule.
 - :class:`HubPushCallback`: pushes the trained model to the Hugging Face Hub.
-
-The position diagnostics (histograms, speeds, kernel pictures) are in
-:mod:`lightning_modules.position_monitor`; :func:`position_groups` here is what both use to find
-each distinct position tensor of a network once.
+- :class:`~lightning_modules.position_monitor.PositionMonitor` (re-exported here): position
+  histograms, speeds and kernel pictures, with :func:`~lightning_modules.position_monitor.position_groups`,
+  which finds each distinct position tensor of a network once.
 """
 
 from __future__ import annotations
@@ -14,95 +13,22 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from torch import nn
 
-from dcls_zoo.layers import _DclsNd
-from dcls_zoo.models.dclsify import clamp_model_positions_, dcls_layers, stage_of
-from dcls_zoo.shared import SharedPositions
+from dcls_zoo.models.dclsify import clamp_model_positions_, dcls_layers
 
-try:  # Lightning >= 2.6
-    from lightning.pytorch.callbacks import WeightAveraging
-except ImportError:  # older Lightning has no averaging callback to order against
-    WeightAveraging = None
+from .position_monitor import PositionGroup, PositionMonitor, network_of, position_groups
 
-__all__ = ["ClampPositions", "SigmaSchedule", "HubPushCallback", "PositionGroup", "position_groups", "network_of"]
+__all__ = ["ClampPositions", "SigmaSchedule", "PositionMonitor", "HubPushCallback"]
 
 log = logging.getLogger(__name__)
-
-
-def network_of(pl_module: pl.LightningModule, attribute: str, caller: str) -> nn.Module:
-    """The network the LightningModule holds as ``attribute``, or an error naming the fix."""
-    network = getattr(pl_module, attribute, None)
-    if not isinstance(network, nn.Module):
-        found = "has no attribute" if network is None else f"holds a {type(network).__name__} as"
-        raise MisconfigurationException(
-            f"{caller}: {type(pl_module).__name__} {found} {attribute!r}; pass model_attribute=<the name of the "
-            f"attribute that holds the network>"
-        )
-    return network
-
-
-@dataclass(frozen=True)
-class PositionGroup:
-    """One distinct position tensor ``P`` (and ``SIG``) of a network, with the layers that use it.
-
-    Attributes:
-        name: the stage (``"stages.0"``, ``"layer3"``) when the stage holds only this tensor,
-            otherwise the owner's module path (layers outside stages: their path).
-        path: module path of the owner.
-        owner: the :class:`~dcls_zoo.shared.SharedPositions` or the DCLS layer that holds ``P``.
-        layers: the DCLS layers whose kernels are built from these positions.
-    """
-
-    name: str
-    path: str
-    owner: SharedPositions | _DclsNd
-    layers: tuple[_DclsNd, ...]
-
-    @property
-    def P(self) -> torch.Tensor:
-        return self.owner.P
-
-    @property
-    def SIG(self) -> torch.Tensor | None:
-        return self.owner.SIG
-
-    @property
-    def window(self) -> tuple[int, ...]:
-        """The window sizes along the axes ``P`` moves in (``P[i]`` along ``window[i]``)."""
-        return self.owner.learned_kernel_size
-
-
-def position_groups(model: nn.Module) -> list[PositionGroup]:
-    """Every distinct position tensor of ``model`` once, in module order.
-
-    A :class:`~dcls_zoo.shared.SharedPositions` used by all blocks of a stage is one group (its
-    tensor counts once), a layer that owns its positions is another.
-    """
-    paths = {id(module): path for path, module in model.named_modules()}
-    users: dict[int, list[tuple[str, _DclsNd]]] = {}
-    owners: dict[int, SharedPositions | _DclsNd] = {}
-    for path, layer in dcls_layers(model):
-        owner = layer.shared_positions if layer.shared_positions is not None else layer
-        owners.setdefault(id(owner), owner)
-        users.setdefault(id(owner), []).append((path, layer))
-    # a SharedPositions kept outside the module tree is named after its first layer
-    owner_paths = {key: paths.get(key, users[key][0][0]) for key in owners}
-    stages = [stage_of(path) or path for path in owner_paths.values()]
-    groups = []
-    for (key, path), stage in zip(owner_paths.items(), stages):
-        name = stage if stages.count(stage) == 1 else path
-        groups.append(PositionGroup(name, path, owners[key], tuple(layer for _, layer in users[key])))
-    return groups
 
 
 class ClampPositions(Callback):
@@ -140,8 +66,6 @@ class ClampPositions(Callback):
             )
 
     def _check_order(self, trainer: pl.Trainer) -> None:
-        if WeightAveraging is None:
-            return
         callbacks = trainer.callbacks
         mine = next(index for index, callback in enumerate(callbacks) if callback is self)
         averaging = [type(callback).__name__ for callback in callbacks[:mine] if isinstance(callback, WeightAveraging)]

@@ -15,14 +15,16 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 import dcls_zoo
 from dcls_zoo.construct import position_bounds
 from dcls_zoo.shared import SharedPositions
-from lightning_modules.callbacks import ClampPositions, SigmaSchedule, position_groups
+from lightning_modules.callbacks import ClampPositions, PositionMonitor, SigmaSchedule
+from lightning_modules.position_monitor import position_groups
 
 WINDOW = 17  # convnext_dcls_atto's DCLS window
 GAUSS_OFFSET = 0.27  # effective gauss width = |SIG| + 0.27
@@ -120,11 +122,15 @@ def test_ema_average_of_clamped_positions_stays_in_the_window(tmp_path, clamp):
     assert outside == 0.0 if clamp else outside > 1.0
 
 
-def test_clamp_warns_once_without_dcls_layers(tmp_path):
+def test_clamp_and_monitor_warn_without_dcls_layers(tmp_path):
     module = _Classifier()
     module.model = dcls_zoo.create_model("convnext_k7_atto", num_classes=10, in_chans=1, patch_size=2)
-    with pytest.warns(UserWarning, match="has no DCLS layer; there is nothing to clamp"):
-        _fit(tmp_path, module, [ClampPositions()], batches=1)
+    with pytest.warns(UserWarning) as warnings:
+        trainer = _fit(tmp_path, module, [ClampPositions(), PositionMonitor()], batches=1)
+    messages = [str(warning.message) for warning in warnings]
+    assert sum("has no DCLS layer; there is nothing to clamp" in m for m in messages) == 1
+    assert sum("has no DCLS layer; there are no positions to monitor" in m for m in messages) == 1
+    assert not (Path(trainer.log_dir) / "positions").exists()
 
 
 def test_clamp_names_a_missing_model_attribute(tmp_path):
@@ -244,3 +250,107 @@ def test_position_groups_name_stages_and_count_shared_positions_once():
                                       dcls_share="layer")
     names = [g.name for g in position_groups(per_layer)]
     assert len(names) == 12 and names[:2] == ["stages.0.blocks.0.conv_dw", "stages.0.blocks.1.conv_dw"]
+
+
+# --- PositionMonitor --------------------------------------------------------------------------------
+
+
+class _PositionSnapshots(Callback):
+    """The test's own copies of every distinct ``P``, by state-dict name, when the monitor takes its snapshots."""
+
+    def __init__(self) -> None:
+        self.snapshots: list[dict[str, torch.Tensor]] = []
+
+    def on_train_start(self, trainer, pl_module):
+        self.snapshots.append(_unique_positions(pl_module.model))
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.snapshots.append(_unique_positions(pl_module.model))
+
+
+def _stage(parameter_name: str) -> str:
+    return parameter_name.split(".dcls_shared.")[0]  # "stages.0.dcls_shared.conv_dw.P" -> "stages.0"
+
+
+def _expected_speeds(snapshots: list[dict[str, torch.Tensor]], every: int) -> dict[str, list[float]]:
+    """Mean |P_now - P_before| per epoch between the snapshots ``every`` epochs apart."""
+    taken = snapshots[::every]
+    return {
+        _stage(name): [float((later[name] - earlier[name]).abs().mean()) / every for earlier, later in zip(taken, taken[1:])]
+        for name in snapshots[0]
+    }
+
+
+def _logged_speeds(log_dir: Path) -> dict[str, list[float]]:
+    with open(log_dir / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    prefix = "positions/speed/"
+    columns = [column for column in rows[0] if column.startswith(prefix)]
+    return {column[len(prefix):]: [float(row[column]) for row in rows if row[column]] for column in columns}
+
+
+def _assert_pngs(directory: Path, names: set[str]) -> None:
+    assert {path.name for path in directory.iterdir()} == names
+    for name in names:
+        with Image.open(directory / name) as image:
+            image.verify()
+            assert image.format == "PNG"
+
+
+def test_position_monitor_pictures_speeds_and_shared_positions_once(tmp_path):
+    module = _Classifier(position_lr=10.0)
+    snapshots, monitor = _PositionSnapshots(), PositionMonitor()
+    trainer = _fit(tmp_path, module, [ClampPositions(), snapshots, monitor], epochs=3, batches=2)
+    log_dir = Path(trainer.log_dir)
+    _assert_pngs(log_dir / "positions", {"positions_hist.png", "positions_speed.png"}
+                 | {f"kernels_epoch{n}.png" for n in range(4)})
+    expected = _expected_speeds(snapshots.snapshots, every=1)
+    assert sorted(expected) == ["stages.0", "stages.1", "stages.2", "stages.3"]  # one per shared tensor
+    logged = _logged_speeds(log_dir)
+    assert sorted(logged) == sorted(expected)
+    for stage, speeds in expected.items():
+        assert min(speeds) > 0  # the positions did move
+        assert logged[stage] == pytest.approx(speeds, rel=1e-5)
+        assert [speed for _, speed in monitor.speeds[stage]] == pytest.approx(speeds, rel=1e-5)
+    # histograms count every element of each shared tensor once (not once per block using it)
+    positions = snapshots.snapshots[-1]
+    for name, tensor in positions.items():
+        history = monitor.histograms[_stage(name)]
+        assert [epochs for epochs, _, _ in history] == [0, 1, 2, 3]
+        counts = history[-1][1]
+        assert [int(c.sum()) for c in counts] == [tensor[axis].numel() for axis in range(2)]
+
+
+def test_position_monitor_every_n_epochs_sees_the_raw_weights_under_ema(tmp_path):
+    module = _Classifier(position_lr=10.0)
+    snapshots, monitor = _PositionSnapshots(), PositionMonitor(every_n_epochs=2)
+    callbacks = [ClampPositions(), EMAWeightAveraging(decay=0.9), snapshots, monitor]
+    trainer = _fit(tmp_path, module, callbacks, epochs=4, batches=2)
+    _assert_pngs(Path(trainer.log_dir) / "positions", {"positions_hist.png", "positions_speed.png", "kernels_epoch0.png",
+                                                       "kernels_epoch2.png", "kernels_epoch4.png"})
+    expected = _expected_speeds(snapshots.snapshots, every=2)
+    logged = _logged_speeds(Path(trainer.log_dir))
+    for stage, speeds in expected.items():
+        assert len(speeds) == 2 and logged[stage] == pytest.approx(speeds, rel=1e-5)
+    # the model now holds the EMA average (copied in at on_train_end), unlike the last snapshot
+    final = _unique_positions(module.model)
+    assert all(not torch.allclose(final[name], p) for name, p in snapshots.snapshots[-1].items())
+
+
+def test_position_monitor_writes_to_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path)
+    _fit(tmp_path, _Classifier(position_lr=10.0), [PositionMonitor(dirpath=tmp_path / "pictures")], batches=1,
+         logger=logger)
+    assert (tmp_path / "pictures" / "kernels_epoch1.png").exists()
+    events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0, "images": 0, "scalars": 0}).Reload()
+    tags = events.Tags()
+    assert {"positions/stages.0/P0", "positions/stages.3/P1"} <= set(tags["histograms"])
+    assert {"positions/histograms", "positions/kernels"} <= set(tags["images"])
+    assert "positions/speed/stages.2" in tags["scalars"]
+
+
+def test_position_monitor_bad_arguments():
+    with pytest.raises(ValueError, match="every_n_epochs must be an int >= 1"):
+        PositionMonitor(every_n_epochs=0)

@@ -1,0 +1,347 @@
+"""The positions of a network in training: finding each distinct position tensor, and diagnostics.
+
+:func:`position_groups` lists every distinct ``P`` (and ``SIG``) of a network once, named by its
+stage; the callbacks of :mod:`lightning_modules.callbacks` and :class:`PositionMonitor` use it.
+
+:class:`PositionMonitor` snapshots every distinct position tensor (one per stage when positions
+are shared) at the start of training and after every N-th epoch, and draws:
+
+- ``positions_hist.png``: per group and axis, the histogram of the positions, one line per
+  snapshot (coloured from the first to the latest epoch), rewritten at every snapshot;
+- ``positions_speed.png``: per group, the mean distance the positions moved per epoch; the same
+  values are logged as ``positions/speed/<group>`` (CSV, TensorBoard, ... through ``pl_module.log``);
+- ``kernels_epoch{N}.png``: per group, the mean absolute dense kernel over channels and blocks.
+
+With a TensorBoard logger the histograms and figures also go to TensorBoard. The plotting
+functions take plain arrays, so they draw from saved values too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+
+from dcls_zoo.construct import position_bounds
+from dcls_zoo.layers import _DclsNd
+from dcls_zoo.models.dclsify import dcls_layers, stage_of
+from dcls_zoo.shared import SharedPositions
+
+__all__ = [
+    "PositionGroup",
+    "position_groups",
+    "network_of",
+    "PositionMonitor",
+    "plot_position_histograms",
+    "plot_speeds",
+    "plot_kernels",
+    "mean_abs_kernel",
+    "histogram_edges",
+]
+
+
+def network_of(pl_module: pl.LightningModule, attribute: str, caller: str) -> nn.Module:
+    """The network the LightningModule holds as ``attribute``, or an error naming the fix."""
+    network = getattr(pl_module, attribute, None)
+    if not isinstance(network, nn.Module):
+        found = "has no attribute" if network is None else f"holds a {type(network).__name__} as"
+        raise MisconfigurationException(
+            f"{caller}: {type(pl_module).__name__} {found} {attribute!r}; pass model_attribute=<the name of the "
+            f"attribute that holds the network>"
+        )
+    return network
+
+
+@dataclass(frozen=True)
+class PositionGroup:
+    """One distinct position tensor ``P`` (and ``SIG``) of a network, with the layers that use it.
+
+    Attributes:
+        name: the stage (``"stages.0"``, ``"layer3"``) when the stage holds only this tensor,
+            otherwise the owner's module path (layers outside stages: their path).
+        path: module path of the owner.
+        owner: the :class:`~dcls_zoo.shared.SharedPositions` or the DCLS layer that holds ``P``.
+        layers: the DCLS layers whose kernels are built from these positions.
+    """
+
+    name: str
+    path: str
+    owner: SharedPositions | _DclsNd
+    layers: tuple[_DclsNd, ...]
+
+    @property
+    def P(self) -> torch.Tensor:
+        return self.owner.P
+
+    @property
+    def SIG(self) -> torch.Tensor | None:
+        return self.owner.SIG
+
+    @property
+    def window(self) -> tuple[int, ...]:
+        """The window sizes along the axes ``P`` moves in (``P[i]`` along ``window[i]``)."""
+        return self.owner.learned_kernel_size
+
+
+def position_groups(model: nn.Module) -> list[PositionGroup]:
+    """Every distinct position tensor of ``model`` once, in module order.
+
+    A :class:`~dcls_zoo.shared.SharedPositions` used by all blocks of a stage is one group (its
+    tensor counts once), a layer that owns its positions is another.
+    """
+    paths = {id(module): path for path, module in model.named_modules()}
+    users: dict[int, list[tuple[str, _DclsNd]]] = {}
+    owners: dict[int, SharedPositions | _DclsNd] = {}
+    for path, layer in dcls_layers(model):
+        owner = layer.shared_positions if layer.shared_positions is not None else layer
+        owners.setdefault(id(owner), owner)
+        users.setdefault(id(owner), []).append((path, layer))
+    # a SharedPositions kept outside the module tree is named after its first layer
+    owner_paths = {key: paths.get(key, users[key][0][0]) for key in owners}
+    stages = [stage_of(path) or path for path in owner_paths.values()]
+    groups = []
+    for (key, path), stage in zip(owner_paths.items(), stages):
+        name = stage if stages.count(stage) == 1 else path
+        groups.append(PositionGroup(name, path, owners[key], tuple(layer for _, layer in users[key])))
+    return groups
+
+
+# (completed epochs, per-axis counts (d, bins), per-axis bin edges)
+Histogram = tuple[int, list[np.ndarray], list[np.ndarray]]
+
+
+def _figure(rows: int, cols: int, panel_size: tuple[float, float]):
+    """A figure drawn by Agg without pyplot (no global backend switch, nothing kept by pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(panel_size[0] * cols, panel_size[1] * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.subplots(rows, cols, squeeze=False)
+
+
+def _axis_labels(group: PositionGroup) -> list[str]:
+    """``P[i]``'s axis in words: ``y``/``x`` for 2D layers, the kernel axis index otherwise."""
+    layer = group.layers[0]
+    names = {2: ("y", "x")}.get(layer.spatial_dims)
+    return [f"P[{i}] ({names[axis]})" if names else f"P[{i}] (axis {axis})" for i, axis in enumerate(layer.learned_axes)]
+
+
+def histogram_edges(window: int, bins_per_unit: int) -> np.ndarray:
+    """Bin edges over the positions an axis of size ``window`` allows (``bins_per_unit`` per pixel)."""
+    low, high = position_bounds(window)
+    if high == low:  # a size-1 axis: one bin around its only position
+        return np.array([low - 0.5, high + 0.5])
+    return np.linspace(low, high, (high - low) * bins_per_unit + 1)
+
+
+def plot_position_histograms(histograms: Mapping[str, Sequence[Histogram]], axis_labels: Mapping[str, Sequence[str]],
+                             max_lines: int = 8):
+    """One row per group, one column per axis; a step line per snapshot, dark (first) to light (latest).
+
+    At most ``max_lines`` snapshots are drawn per panel, evenly spread, the first and latest always.
+    """
+    from matplotlib import colormaps
+
+    cols = max(len(labels) for labels in axis_labels.values())
+    figure, axes = _figure(len(histograms), cols, (4.0, 2.2))
+    colours = colormaps["viridis"]
+    for row, (name, snapshots) in enumerate(histograms.items()):
+        chosen = sorted(set(np.linspace(0, len(snapshots) - 1, min(len(snapshots), max_lines)).round().astype(int)))
+        last_epoch = max(snapshots[-1][0], 1)
+        for col in range(cols):
+            ax = axes[row][col]
+            if col >= len(axis_labels[name]):
+                ax.set_axis_off()
+                continue
+            for index in chosen:
+                epochs, counts, edges = snapshots[index]
+                ax.stairs(counts[col], edges[col], color=colours(epochs / last_epoch), label=f"epoch {epochs}")
+            ax.set_title(f"{name}: {axis_labels[name][col]}", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("position")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("elements")
+    axes[0][0].legend(fontsize=7)
+    return figure
+
+
+def plot_speeds(speeds: Mapping[str, Sequence[tuple[int, float]]]):
+    """One line per group: mean |change of the positions| per epoch, against completed epochs."""
+    figure, axes = _figure(1, 1, (6.0, 4.0))
+    ax = axes[0][0]
+    for name, points in speeds.items():
+        ax.plot([epochs for epochs, _ in points], [speed for _, speed in points], marker="o", label=name)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("completed epochs")
+    ax.set_ylabel("mean |ΔP| per epoch")
+    ax.set_title("position speed")
+    ax.legend(fontsize=8)
+    return figure
+
+
+def plot_kernels(kernels: Mapping[str, np.ndarray], epochs: int):
+    """One heatmap per group: the mean |dense kernel| (2D array), four groups per row."""
+    cols = min(4, len(kernels))
+    rows = -(-len(kernels) // cols)
+    figure, axes = _figure(rows, cols, (3.0, 3.0))
+    for index, ax in enumerate(axes.flat):
+        if index >= len(kernels):
+            ax.set_axis_off()
+            continue
+        name, kernel = list(kernels.items())[index]
+        image = ax.imshow(kernel, cmap="viridis")
+        figure.colorbar(image, ax=ax, shrink=0.8)
+        ax.set_title(name, fontsize=9)
+    figure.suptitle(f"mean |kernel| over channels and blocks, after {epochs} epoch(s)")
+    return figure
+
+
+@torch.no_grad()
+def mean_abs_kernel(group: PositionGroup) -> np.ndarray:
+    """The mean |dense kernel| of a group's layers over blocks and channels, as a 2D array.
+
+    1D kernels become one row; 3D kernels are averaged over their first axis too.
+    """
+    total = sum(layer.kernel().abs().float().mean(dim=(0, 1)) for layer in group.layers) / len(group.layers)
+    total = total.cpu().numpy()
+    return total[None, :] if total.ndim == 1 else total.reshape(-1, *total.shape[-2:]).mean(axis=0)
+
+
+class PositionMonitor(Callback):
+    """Snapshot the DCLS positions during training and draw the appendix-style diagnostics.
+
+    Snapshots are taken on global rank zero at ``on_train_start`` and at the end of every
+    ``every_n_epochs``-th training epoch; they are labelled by the number of completed epochs
+    (0: the weights fit starts from; a resumed run starts at its epoch and draws its first
+    speeds one snapshot later). At each epoch snapshot:
+
+    - the speed of each group, mean ``|P_now - P_previous|`` over its elements divided by the
+      epochs between the two snapshots, is logged as ``positions/speed/<group>`` with
+      ``pl_module.log(..., rank_zero_only=True)`` (so not usable as a ``monitor`` key) and drawn;
+    - the histograms and kernel heatmaps are drawn (see the module docstring for the files).
+
+    Only the previous positions and the histogram counts are kept, so memory stays small on
+    long runs. Groups are found by :func:`~lightning_modules.callbacks.position_groups`:
+    positions shared by a stage count once and are named after the stage.
+
+    Which weights: the ones being optimised. ``EMAWeightAveraging`` swaps its average into the
+    model only for validation and swaps back at ``on_validation_epoch_end``, which comes before
+    ``on_train_epoch_end``; the monitor therefore never sees the EMA weights.
+
+    Args:
+        dirpath: folder of the pictures (default ``<trainer.log_dir or default_root_dir>/positions``).
+        every_n_epochs: snapshot after every N-th epoch.
+        model_attribute: attribute of the LightningModule that holds the network.
+        bins_per_unit: histogram bins per pixel of the window.
+        max_hist_lines: most snapshots drawn per histogram panel.
+        kernels: draw ``kernels_epoch{N}.png`` (one ``kernel()`` call per DCLS layer per snapshot).
+    """
+
+    def __init__(
+        self,
+        dirpath: str | Path | None = None,
+        every_n_epochs: int = 1,
+        model_attribute: str = "model",
+        bins_per_unit: int = 2,
+        max_hist_lines: int = 8,
+        kernels: bool = True,
+    ) -> None:
+        for name, value in (("every_n_epochs", every_n_epochs), ("bins_per_unit", bins_per_unit),
+                            ("max_hist_lines", max_hist_lines)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.every_n_epochs, self.bins_per_unit, self.max_hist_lines = every_n_epochs, bins_per_unit, max_hist_lines
+        self.model_attribute = model_attribute
+        self.kernels = kernels
+        self.groups: list[PositionGroup] = []
+        self.histograms: dict[str, list[Histogram]] = {}
+        self.speeds: dict[str, list[tuple[int, float]]] = {}
+        self._previous: tuple[int, dict[str, torch.Tensor]] | None = None  # (epochs, positions)
+        self._directory = Path()  # where this fit's pictures go, resolved in setup
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        network = network_of(pl_module, self.model_attribute, type(self).__name__)
+        self.groups = position_groups(network)
+        if not self.groups:
+            rank_zero_warn(f"PositionMonitor: {type(pl_module).__name__}.{self.model_attribute} has no DCLS layer; "
+                           f"there are no positions to monitor.")
+        # trainer.log_dir broadcasts from rank zero: every rank must ask, so ask here and not in rank-zero code
+        self._directory = (self.dirpath if self.dirpath is not None
+                           else Path(trainer.log_dir or trainer.default_root_dir) / "positions")
+        # each fit draws its own record
+        self.histograms, self.speeds, self._previous = {}, {}, None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.groups and trainer.is_global_zero:
+            self._snapshot(trainer, pl_module, trainer.current_epoch)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epochs = trainer.current_epoch + 1
+        if self.groups and trainer.is_global_zero and epochs % self.every_n_epochs == 0:
+            self._snapshot(trainer, pl_module, epochs)
+
+    def _snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs: int) -> None:
+        """Record the positions after ``epochs`` epochs (speeds, histograms), then draw."""
+        positions = {group.name: group.P.detach().float().cpu().clone() for group in self.groups}
+        if self._previous is not None and epochs > self._previous[0]:
+            self._log_speeds(pl_module, epochs, positions)
+        self._previous = (epochs, positions)
+        self._record_histograms(epochs, positions)
+        self._draw(trainer, epochs, positions)
+
+    def _draw(self, trainer: pl.Trainer, epochs: int, positions: dict[str, torch.Tensor]) -> None:
+        self._directory.mkdir(parents=True, exist_ok=True)
+        labels = {group.name: _axis_labels(group) for group in self.groups}
+        self._publish(trainer, plot_position_histograms(self.histograms, labels, self.max_hist_lines),
+                      "positions_hist.png", "positions/histograms")
+        if self.speeds:
+            self._publish(trainer, plot_speeds(self.speeds), "positions_speed.png", None)
+        if self.kernels:
+            kernels = {group.name: mean_abs_kernel(group) for group in self.groups}
+            self._publish(trainer, plot_kernels(kernels, epochs), f"kernels_epoch{epochs}.png", "positions/kernels")
+        for experiment in self._tensorboards(trainer):
+            for name, tensor in positions.items():
+                for axis, values in enumerate(tensor):
+                    experiment.add_histogram(f"positions/{name}/P{axis}", values, global_step=trainer.global_step)
+
+    def _log_speeds(self, pl_module: pl.LightningModule, epochs: int, positions: dict[str, torch.Tensor]) -> None:
+        previous_epochs, previous = self._previous
+        for name, now in positions.items():
+            speed = float((now - previous[name]).abs().mean()) / (epochs - previous_epochs)
+            self.speeds.setdefault(name, []).append((epochs, speed))
+            pl_module.log(f"positions/speed/{name}", speed, on_step=False, on_epoch=True, rank_zero_only=True)
+
+    def _record_histograms(self, epochs: int, positions: dict[str, torch.Tensor]) -> None:
+        for group in self.groups:
+            values = positions[group.name].numpy()
+            edges = [histogram_edges(window, self.bins_per_unit) for window in group.window]
+            # positions outside the window (no ClampPositions) count in the edge bins, so every element is counted
+            counts = [np.histogram(np.clip(values[axis], e[0], e[-1]), bins=e)[0] for axis, e in enumerate(edges)]
+            self.histograms.setdefault(group.name, []).append((epochs, counts, edges))
+
+    def _publish(self, trainer: pl.Trainer, figure: Any, filename: str, tensorboard_tag: str | None) -> None:
+        figure.savefig(self._directory / filename, dpi=100)
+        if tensorboard_tag is not None:
+            for experiment in self._tensorboards(trainer):
+                experiment.add_figure(tensorboard_tag, figure, global_step=trainer.global_step, close=False)
+        figure.clear()  # a pyplot-free figure is freed with its last reference; clearing drops the artists now
+
+    @staticmethod
+    def _tensorboards(trainer: pl.Trainer) -> list[Any]:
+        return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
