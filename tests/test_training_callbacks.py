@@ -62,14 +62,14 @@ class _Classifier(pl.LightningModule):
 
 
 def _fit(tmp_path: Path, module: pl.LightningModule, callbacks: list[Callback], epochs: int = 1, batches: int = 2,
-         **trainer_kwargs) -> pl.Trainer:
+         ckpt_path: Path | None = None, **trainer_kwargs) -> pl.Trainer:
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(32, 1, 32, 32), torch.randint(0, 10, (32,)))
     trainer_kwargs.setdefault("logger", CSVLogger(tmp_path))
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, limit_train_batches=batches,
                          callbacks=callbacks, enable_progress_bar=False, enable_checkpointing=False,
                          enable_model_summary=False, default_root_dir=tmp_path, **trainer_kwargs)
-    trainer.fit(module, DataLoader(data, batch_size=4))
+    trainer.fit(module, DataLoader(data, batch_size=4), ckpt_path=ckpt_path)
     return trainer
 
 
@@ -189,6 +189,22 @@ def test_sigma_schedule_per_step_cosine_with_accumulation(tmp_path):
             torch.testing.assert_close(width, torch.full_like(width, expected))
         assert not learned
     assert schedule.width_at(0.5) == pytest.approx(0.9)  # half way down the cosine
+
+
+def test_sigma_schedule_resumes_from_the_checkpoint_step(tmp_path):
+    def schedule():
+        return SigmaSchedule(start=1.5, end=0.5, end_epoch=2, interval="step")
+
+    first = _fit(tmp_path, _Classifier(dcls_version="gauss"), [schedule()], epochs=1, batches=2)
+    first.save_checkpoint(tmp_path / "epoch1.ckpt")
+    recorder = _WidthRecorder()
+    # a fresh module starts at the schedule's start; the resumed run must continue from global step 2
+    _fit(tmp_path, _Classifier(dcls_version="gauss"), [schedule(), recorder], epochs=2, batches=2,
+         ckpt_path=tmp_path / "epoch1.ckpt")
+    assert [step for _, step, _, _ in recorder.seen] == [2, 3]
+    for _, step, widths, _ in recorder.seen:
+        for width in widths:
+            torch.testing.assert_close(width, torch.full_like(width, _linear(1.5, 0.5, step / 4)))
 
 
 def test_sigma_schedule_writes_each_shared_sigma_once(tmp_path):
