@@ -1,10 +1,23 @@
 """dcls-zoo's research template: the ``dcls-zoo`` command, the LightningModule, DataModules and callbacks.
 
-Everything a config names is imported here, so YAML can use short class names
-(``class_path: FashionMNISTDataModule``, ``class_path: ClampPositions``).
+Everything a config names is imported here, so YAML and the command line can use short class
+names (``--data=SyntheticDataModule``, ``class_path: ClampPositions``).
 """
 
-from .callbacks import HubPushCallback
+from .callbacks import ClampPositions, EpochSeed, HubPushCallback, SigmaSchedule
+from .data import FashionMNISTDataModule, ImageFolderDataModule, SyntheticDataModule
 from .module import ImageClassifier, NonFiniteLossError
+from .position_monitor import PositionMonitor
 
-__all__ = ["HubPushCallback", "ImageClassifier", "NonFiniteLossError"]
+__all__ = [
+    "ClampPositions",
+    "EpochSeed",
+    "FashionMNISTDataModule",
+    "HubPushCallback",
+    "ImageClassifier",
+    "ImageFolderDataModule",
+    "NonFiniteLossError",
+    "PositionMonitor",
+    "SigmaSchedule",
+    "SyntheticDataModule",
+]

@@ -2,6 +2,8 @@
 
 - :class:`ClampPositions`: keeps every DCLS position inside its window after each optimizer step.
 - :class:`SigmaSchedule`: drives the Gaussian/triangle width ``SIG`` along a fixed schedule.
+- :class:`EpochSeed`: reseeds every epoch, so a run resumed from an epoch-end checkpoint replays
+  the same data order, augmentations and mixup as an uninterrupted one.
 - :class:`HubPushCallback`: pushes the trained model to the Hugging Face Hub.
 - :class:`~lightning_modules.position_monitor.PositionMonitor` (re-exported here): position
   histograms, speeds and kernel pictures, with :func:`~lightning_modules.position_monitor.position_groups`,
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import random
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +30,7 @@ from dcls_zoo.models.dclsify import clamp_model_positions_, dcls_layers
 
 from .position_monitor import PositionGroup, PositionMonitor, network_of, position_groups
 
-__all__ = ["ClampPositions", "SigmaSchedule", "PositionMonitor", "HubPushCallback"]
+__all__ = ["ClampPositions", "EpochSeed", "SigmaSchedule", "PositionMonitor", "HubPushCallback"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,37 @@ class ClampPositions(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         clamp_model_positions_(getattr(pl_module, self.model_attribute))
+
+
+class EpochSeed(Callback):
+    """Reseed Python, NumPy and torch at the start of every training epoch from ``(seed, epoch, rank)``.
+
+    Lightning checkpoints hold the model, optimizer, scheduler, EMA and loop state but not the
+    random generators, so a resumed run would shuffle, augment, mix and drop paths differently
+    from an uninterrupted one. Reseeding at ``on_train_epoch_start`` (which precedes the creation
+    of the epoch's data iterator) makes every epoch's randomness a function of its index: resuming
+    from an epoch-end checkpoint (``last.ckpt``) continues exactly. Mid-epoch checkpoints resume
+    with the epoch's sequence restarted, not continued.
+
+    Args:
+        seed: base seed; ``None`` takes the run's ``seed_everything`` value (``PL_GLOBAL_SEED``), else 0.
+    """
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.seed = seed
+
+    def epoch_seed(self, epoch: int, rank: int) -> int:
+        """The seed of one epoch on one process (distinct across epochs and ranks)."""
+        base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return (base * 1_000_003 + epoch * 1_009 + rank) % 2**32
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import numpy as np
+
+        seed = self.epoch_seed(trainer.current_epoch, trainer.global_rank)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 class SigmaSchedule(Callback):

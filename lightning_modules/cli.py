@@ -27,6 +27,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from lightning.pytorch.utilities import rank_zero_info
 
 from . import convert_command, export_command, push_command
+from .checkpoints import load_checkpoint, select_weights
 from .module import ImageClassifier, NonFiniteLossError
 
 __all__ = ["COMMANDS", "DclsCLI", "cli_main", "main"]
@@ -130,12 +131,19 @@ class DclsCLI(LightningCLI):
             if getattr(callback, "best_model_score", None) is not None:
                 summary[f"best_{callback.monitor}"] = round(float(callback.best_model_score), 4)
         if config.get("test_after_fit"):
-            results = trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            if best:
+                # Load the weights ourselves: trainer.test(ckpt_path=...) right after fit lets an EMA
+                # callback, still set up, put the checkpoint's raw weights back instead of the averaged
+                # ones the checkpoint was selected by.
+                state, summary["tested_weights"] = select_weights(load_checkpoint(best))
+                self.model.load_state_dict(state)
+            results = trainer.test(self.model, datamodule=self.datamodule)
             summary.update({k: round(float(v), 4) for k, v in (results[0] if results else {}).items()})
         if config.get("export_after_fit") and trainer.is_global_zero:
-            if not best:
-                raise ValueError("--export_after_fit needs a checkpoint: enable a ModelCheckpoint callback")
-            summary["export_dir"] = str(self._export(best, summary))
+            if best:
+                summary["export_dir"] = str(self._export(best, summary))
+            else:  # fast_dev_run, or no ModelCheckpoint callback
+                summary["export_dir"] = "skipped: the run wrote no checkpoint"
         if trainer.is_global_zero:
             _print_summary(summary)
             if trainer.log_dir:
@@ -144,12 +152,12 @@ class DclsCLI(LightningCLI):
     def _export(self, checkpoint: str, summary: dict[str, Any]) -> Path:
         data = self.datamodule
         metrics = {k: v for k, v in summary.items() if k.startswith(("test/", "best_val"))}
-        card = {"metrics": metrics, "dataset": getattr(data, "dataset_name", None)}
+        card = {"metrics": metrics, "dataset": getattr(data, "hub_dataset", None)}
         directory, _ = export_command.export_checkpoint(
             checkpoint,
             Path(self.trainer.log_dir or ".") / "export",
             label_names=getattr(data, "class_names", None),
-            data_config=getattr(data, "data_config", None),
+            data_config=data.data_config() if hasattr(data, "data_config") else None,
             model_card={k: v for k, v in card.items() if v},
         )
         return directory

@@ -89,6 +89,7 @@ class _ImageDataModule(L.LightningDataModule):
     in_chans: int
     image_size: int
     class_names: list[str]
+    hub_dataset: str | None = None  # the Hugging Face Hub id of the dataset, for model cards
 
     def __init__(self, batch_size: int, num_workers: int):
         super().__init__()
@@ -102,6 +103,17 @@ class _ImageDataModule(L.LightningDataModule):
     def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         """``(train, val, test)`` datasets of ``(x, y)`` pairs."""
         raise NotImplementedError
+
+    def data_config(self) -> dict[str, Any]:
+        """The evaluation preprocessing a model trained on this data expects, in timm's
+        ``data_config`` keys (``input_size``, ``mean``, ``std``, ...), for Hub exports."""
+        self.setup()  # some statistics are measured on the train images
+        config: dict[str, Any] = {"input_size": (self.in_chans, self.image_size, self.image_size)}
+        for key in ("mean", "std", "crop_pct", "interpolation"):
+            value = getattr(self, key, None)
+            if value is not None:
+                config[key] = tuple(value) if isinstance(value, (tuple, list)) else value
+        return config
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets (once; every stage gets all three)."""
@@ -173,6 +185,8 @@ class FashionMNISTDataModule(_ImageDataModule):
         FileNotFoundError: ``data_dir`` misses files (the message names ``data_dir``, the path and
             the files looked for).
     """
+
+    hub_dataset = "zalando-datasets/fashion_mnist"
 
     def __init__(self, data_dir: str | None = None, batch_size: int = 128, num_workers: int = 0, image_size: int = 32,
                  val_size: int = 500, augment: bool = True, seed: int = 0):
@@ -290,6 +304,7 @@ class ImageFolderDataModule(_ImageDataModule):
                     f"(missing: {missing}, not in train: {extra})"
                 )
         self.num_classes, self.in_chans, self.image_size = len(self.class_names), 3, image_size
+        self.mean, self.std, self.crop_pct, self.interpolation = tuple(mean), tuple(std), crop_pct, interpolation
         common = dict(input_size=image_size, interpolation=interpolation, mean=tuple(mean), std=tuple(std))
         try:
             self.train_transform = create_transform(**common, is_training=True, auto_augment=auto_augment or None,

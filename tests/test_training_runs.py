@@ -1,0 +1,135 @@
+"""Whole training runs through the ``dcls-zoo`` command: exact resume, DDP on two CPU processes, export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dcls_zoo
+from lightning_modules import FashionMNISTDataModule, ImageClassifier
+from lightning_modules.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+# the quickstart recipe (EMA, clamp, repulsive loss from epoch 1, position plots), made small
+SMALL_RUN = [
+    "--trainer.max_epochs=2",
+    "--trainer.limit_train_batches=3",
+    "--trainer.limit_val_batches=2",
+    "--trainer.enable_progress_bar=false",
+    "--model.warmup_epochs=0.5",
+    "--model.repulsive_loss_after_epoch=0",
+    "--data.batch_size=32",
+]
+
+
+def _run_dir(cwd: Path) -> Path:
+    (run,) = (cwd / "logs" / "quickstart").iterdir()
+    return run
+
+
+def _tensors(value, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor in a nested checkpoint structure, by path."""
+    if isinstance(value, torch.Tensor):
+        return {prefix: value}
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return {}
+    out: dict[str, torch.Tensor] = {}
+    for key, item in items:
+        out.update(_tensors(item, f"{prefix}/{key}"))
+    return out
+
+
+@pytest.mark.slow
+def test_resuming_from_last_checkpoint_continues_exactly(tmp_path, monkeypatch):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    straight.mkdir(), interrupted.mkdir()
+    common = ["fit", "-c", QUICKSTART, *SMALL_RUN, "--test_after_fit=false", "--export_after_fit=false"]
+
+    monkeypatch.chdir(straight)
+    assert main(common) == 0
+    monkeypatch.chdir(interrupted)
+    assert main([*common, "--trainer.callbacks+=run_helpers.StopAfterEpoch"]) == 0
+    stopped = torch.load(_run_dir(interrupted) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert stopped["epoch"] == 0
+    assert main([*common, "--ckpt_path=logs/quickstart/version_0/checkpoints/last.ckpt"]) == 0
+
+    runs = sorted((interrupted / "logs" / "quickstart").iterdir())
+    expected = torch.load(_run_dir(straight) / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(runs[-1] / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (resumed["epoch"], resumed["global_step"]) == (expected["epoch"], expected["global_step"]) == (1, 6)
+    want, got = _tensors(expected), _tensors(resumed)
+    # model (EMA and raw), optimizer moments, scheduler, EMA counter
+    assert {k for k in want if k.startswith(("/state_dict", "/current_model_state", "/optimizer_states"))} <= set(got)
+    for key, value in want.items():
+        if key.startswith(("/state_dict", "/current_model_state", "/optimizer_states", "/lr_schedulers", "/averaging_state")):
+            assert torch.equal(got[key], value), key
+    assert resumed["lr_schedulers"][0]["last_epoch"] == expected["lr_schedulers"][0]["last_epoch"] == 6
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_reports_metrics_over_all_ranks(tmp_path):
+    command = [
+        sys.executable, "-m", "lightning_modules", "fit", "-c", QUICKSTART,
+        "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=3", "--trainer.enable_progress_bar=false",
+        "--data.batch_size=64", "--test_after_fit=false", "--export_after_fit=false",
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stderr + result.stdout
+    run = _run_dir(tmp_path)
+    rows = [r for r in csv.DictReader(open(run / "metrics.csv")) if r.get("val/top1")]
+    logged = float(rows[-1]["val/top1"])
+
+    # the checkpoint holds the EMA weights the validation used: evaluate them in one process on all 500 images
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    module = ImageClassifier("convnext_dcls_atto", num_classes=10, in_chans=1, model_kwargs={"patch_size": 2, "drop_path_rate": 0.0})
+    module.load_state_dict(checkpoint["state_dict"])
+    data = FashionMNISTDataModule(batch_size=100)
+    data.setup()
+    correct = 0
+    with torch.no_grad():
+        for images, labels in data.val_dataloader():
+            correct += (module.eval()(images).argmax(1) == labels).sum().item()
+    assert len(data.val_set) == 500
+    assert logged == pytest.approx(correct / 500, abs=1e-6)
+    assert (run / "positions" / "positions_speed.png").is_file()  # rank zero drew the pictures
+
+
+@pytest.mark.slow
+def test_quickstart_job_tests_exports_and_summarises(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "-c", QUICKSTART, *SMALL_RUN, "--trainer.limit_test_batches=2"]) == 0
+    run = _run_dir(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["global_steps"] == 6
+    assert Path(summary["best_checkpoint"]).name.startswith("best-epoch")
+    assert 0.0 <= summary["test/top1"] <= 1.0 and "best_val/top1" in summary
+    export = Path(summary["export_dir"])
+    for name in ("config.json", "model.safetensors", "README.md", "positions.png"):
+        assert (export / name).is_file(), name
+    # the export is the best checkpoint's EMA weights, loadable without Lightning
+    model = dcls_zoo.create_model(f"local-dir:{export}", pretrained=True).eval()
+    best = torch.load(summary["best_checkpoint"], weights_only=True)["state_dict"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, best[f"model.{key}"]), key
+    config = json.loads((export / "config.json").read_text())
+    assert config["label_names"][0] == "T-shirt/top" and config["pretrained_cfg"]["input_size"] == [1, 32, 32]
+    card = (export / "README.md").read_text()
+    assert "zalando-datasets/fashion_mnist" in card and "test/top1" in card
+    for name in ("metrics.csv", "config.yaml", "positions/positions_hist.png", "positions/positions_speed.png"):
+        assert (run / name).is_file(), name
+    assert list((tmp_path / "logs" / "tensorboard" / "quickstart").rglob("events.out.tfevents.*"))
