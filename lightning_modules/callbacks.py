@@ -115,6 +115,12 @@ class EpochSeed(Callback):
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)  # also seeds every CUDA device
+        # The global generator alone is not enough: when Lightning creates the epoch's data iterator
+        # (before or after this hook, depending on whether the run was resumed) it draws from the
+        # generator the loader uses. DataModules with a ``reseed`` method keep that one apart.
+        reseed = getattr(trainer.datamodule, "reseed", None)
+        if callable(reseed):
+            reseed(seed)
 
 
 class SigmaSchedule(Callback):

@@ -24,7 +24,6 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
 
 from . import convert_command, export_command, push_command
 from .checkpoints import load_checkpoint, select_weights
@@ -117,12 +116,13 @@ class DclsCLI(LightningCLI):
     def after_fit(self) -> None:
         config = self.config_init[self.subcommand]
         trainer = self.trainer
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks, here
         summary: dict[str, Any] = {
             "arch": self.model.hparams.arch,
             "epochs": trainer.current_epoch,
             "global_steps": trainer.global_step,
             "fit_seconds": round(time.perf_counter() - self._fit_started, 1),
-            "log_dir": trainer.log_dir,
+            "log_dir": log_dir,
         }
         callback = trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "") or ""
@@ -141,21 +141,21 @@ class DclsCLI(LightningCLI):
             summary.update({k: round(float(v), 4) for k, v in (results[0] if results else {}).items()})
         if config.get("export_after_fit") and trainer.is_global_zero:
             if best:
-                summary["export_dir"] = str(self._export(best, summary))
+                summary["export_dir"] = str(self._export(best, summary, Path(log_dir or trainer.default_root_dir)))
             else:  # fast_dev_run, or no ModelCheckpoint callback
                 summary["export_dir"] = "skipped: the run wrote no checkpoint"
         if trainer.is_global_zero:
             _print_summary(summary)
-            if trainer.log_dir:
-                Path(trainer.log_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if log_dir:
+                Path(log_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
-    def _export(self, checkpoint: str, summary: dict[str, Any]) -> Path:
+    def _export(self, checkpoint: str, summary: dict[str, Any], run_dir: Path) -> Path:
         data = self.datamodule
         metrics = {k: v for k, v in summary.items() if k.startswith(("test/", "best_val"))}
         card = {"metrics": metrics, "dataset": getattr(data, "hub_dataset", None)}
         directory, _ = export_command.export_checkpoint(
             checkpoint,
-            Path(self.trainer.log_dir or ".") / "export",
+            run_dir / "export",
             label_names=getattr(data, "class_names", None),
             data_config=data.data_config() if hasattr(data, "data_config") else None,
             model_card={k: v for k, v in card.items() if v},
@@ -164,9 +164,10 @@ class DclsCLI(LightningCLI):
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    """The run's outcome, on stdout (it is the job's result, not a log line)."""
     width = max(len(key) for key in summary)
     lines = ["", "dcls-zoo fit summary", "-" * 20] + [f"{key:<{width}}  {value}" for key, value in summary.items()]
-    rank_zero_info("\n".join(lines))
+    print("\n".join(lines), flush=True)
 
 
 def cli_main(args: ArgsType = None) -> DclsCLI:

@@ -16,6 +16,7 @@ In YAML::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
@@ -34,6 +35,7 @@ from dcls_zoo.data import CLASS_NAMES, find_idx_files, load_embedded, load_idx_s
 __all__ = [
     "FashionMNISTDataModule",
     "ImageFolderDataModule",
+    "SeededShuffleSampler",
     "SyntheticDataModule",
     "TensorImageDataset",
 ]
@@ -82,6 +84,25 @@ class TensorImageDataset(Dataset):
         return (x.float() - self.offset) / self.scale, self.labels[index]
 
 
+class SeededShuffleSampler(Sampler[int]):
+    """A random order of ``range(size)`` that depends on ``seed`` only.
+
+    A plain ``RandomSampler`` draws its permutation from a generator whose state depends on what
+    ran before the epoch; here the order is a function of the seed, which :meth:`_ImageDataModule.reseed`
+    sets per epoch, so a resumed run sees the epochs in the same order as an uninterrupted one.
+    """
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size, self.seed = size, seed
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class _ImageDataModule(L.LightningDataModule):
     """Shared loaders; subclasses set the four attributes in ``__init__`` and build the datasets."""
 
@@ -99,6 +120,11 @@ class _ImageDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self.shuffle_seed = 0
+        self.train_sampler: SeededShuffleSampler | None = None
+        # Creating a data iterator draws a worker seed; this generator keeps that draw away from the
+        # global generator, whose per-epoch state EpochSeed fixes.
+        self.loader_generator = torch.Generator().manual_seed(0)
 
     def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         """``(train, val, test)`` datasets of ``(x, y)`` pairs."""
@@ -123,15 +149,26 @@ class _ImageDataModule(L.LightningDataModule):
     def _loader(self, split: str) -> DataLoader:
         self.setup()
         train = split == "train"
+        dataset = getattr(self, f"{split}_set")
+        if train:
+            self.train_sampler = SeededShuffleSampler(len(dataset), seed=self.shuffle_seed)
         return DataLoader(
-            getattr(self, f"{split}_set"),
+            dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=self.train_sampler if train else None,
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            generator=self.loader_generator if train else None,
         )
+
+    def reseed(self, seed: int) -> None:
+        """Fix the training order of the next epoch (``EpochSeed`` calls this at every epoch start)."""
+        self.shuffle_seed = seed
+        self.loader_generator.manual_seed(seed)
+        if self.train_sampler is not None:
+            self.train_sampler.seed = seed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

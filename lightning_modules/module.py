@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -195,8 +196,10 @@ class ImageClassifier(pl.LightningModule):
     def _check_finite(self, loss: Tensor, batch_idx: int) -> None:
         if torch.isfinite(loss).item():
             return
-        checkpoint = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or ""
-        kept = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written yet"
+        written = {getattr(cb, attr, "") for cb in self.trainer.checkpoint_callbacks for attr in ("last_model_path", "best_model_path")}
+        existing = [Path(p) for p in written if p and Path(p).is_file()]
+        latest = max(existing, key=lambda p: p.stat().st_mtime) if existing else None
+        kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
         raise NonFiniteLossError(
             f"the training loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step} "
             f"(batch {batch_idx}); the run stops before applying this step and {kept}. Lower the learning rate, "

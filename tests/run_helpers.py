@@ -15,3 +15,4 @@ class StopAfterEpoch(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch == self.epoch:
             trainer.should_stop = True
+

@@ -125,7 +125,7 @@ def test_bad_model_value_is_named(tmp_path, monkeypatch, capsys):
 def test_non_finite_loss_stops_with_a_message(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code = main(["fit", "-c", str(ROOT / "configs/quickstart.yaml"), "--trainer.fast_dev_run=2",
-                 "--trainer.enable_progress_bar=false", "--data=SyntheticDataModule", "--data.noise=inf"])
+                 "--trainer.enable_progress_bar=false", "--data=SyntheticDataModule", "--data.noise=.inf"])
     assert code == 1
     assert "stopped: the training loss is nan" in capsys.readouterr().err
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 
 from dcls_zoo.data import (
     CLASS_NAMES,
@@ -27,7 +27,7 @@ from dcls_zoo.data import (
     stratified_subset,
 )
 from dcls_zoo.data.build_subset import build_subset
-from lightning_modules.data import FashionMNISTDataModule, ImageFolderDataModule, SyntheticDataModule
+from lightning_modules.data import FashionMNISTDataModule, ImageFolderDataModule, SeededShuffleSampler, SyntheticDataModule
 
 DEBIAN_DIRS = [Path("/usr/share/datasets/fashion-mnist"), Path("/tmp/fm/usr/share/datasets/fashion-mnist")]
 DEBIAN_DIR = next((d for d in DEBIAN_DIRS if (d / "train-images-idx3-ubyte.gz").is_file()), None)
@@ -255,10 +255,23 @@ def test_fashion_mnist_attributes_known_after_init():
     assert dm.train_set is None  # nothing loaded yet
 
 
+def test_training_order_is_a_function_of_the_epoch_seed():
+    dm = FashionMNISTDataModule(batch_size=100, augment=False)
+    first_labels = lambda: next(iter(dm.train_dataloader()))[1]  # noqa: E731
+    dm.reseed(5)
+    a = first_labels()
+    torch.randperm(10)  # other users of the global generator do not matter
+    dm.reseed(6)
+    b = first_labels()
+    dm.reseed(5)
+    assert torch.equal(first_labels(), a) and not torch.equal(a, b)
+    assert sorted(dm.train_sampler) == list(range(5500))  # a permutation
+
+
 def test_fashion_mnist_embedded_batches_and_normalisation():
     dm = FashionMNISTDataModule(batch_size=128, augment=False)
     train = dm.train_dataloader()
-    assert isinstance(train.sampler, RandomSampler) and train.drop_last
+    assert isinstance(train.sampler, SeededShuffleSampler) and train.drop_last
     assert len(train) == 5500 // 128
     batches = list(train)
     assert all(x.shape == (128, 1, 32, 32) and x.dtype == torch.float32 for x, _ in batches)
@@ -420,7 +433,7 @@ def test_image_folder_batches(tmp_path):
     assert (dm.num_classes, dm.in_chans, dm.image_size, dm.class_names) == (3, 3, 32, names)
     assert dm.train_set is None
     train = dm.train_dataloader()
-    assert len(train) == 3 and train.drop_last and isinstance(train.sampler, RandomSampler)
+    assert len(train) == 3 and train.drop_last and isinstance(train.sampler, SeededShuffleSampler)
     for x, y in train:
         assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
     val = dm.val_dataloader()
