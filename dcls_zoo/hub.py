@@ -108,16 +108,9 @@ class PushResult:
 
 def _position_groups(model: nn.Module) -> list[tuple[str, torch.Tensor, tuple[int, ...]]]:
     """``(name, P, learned window)`` for every position tensor of ``model``, each once."""
-    from .layers import _DclsNd
-    from .shared import SharedPositions
+    from .models.dclsify import position_owners
 
-    groups = []
-    for name, module in model.named_modules():
-        if isinstance(module, SharedPositions):
-            groups.append((name, module.P, tuple(module.learned_kernel_size)))
-        elif isinstance(module, _DclsNd) and module.shared_positions is None:
-            groups.append((name, module.P, tuple(module.learned_kernel_size)))
-    return groups
+    return [(h.path, h.owner.P, tuple(h.owner.learned_kernel_size)) for h in position_owners(model)]
 
 
 def _size(window: Sequence[int]) -> str:

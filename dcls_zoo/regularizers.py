@@ -18,16 +18,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-__all__ = ["position_parameters", "repulsive_loss", "repulsive_loss_of"]
-
-
-def position_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The distinct DCLS position tensors of ``model`` with their names.
-
-    ``named_parameters`` lists a shared tensor once (under its :class:`~dcls_zoo.SharedPositions`
-    owner), so a stage whose blocks share positions contributes one entry.
-    """
-    return [(name, p) for name, p in model.named_parameters() if name == "P" or name.endswith(".P")]
+__all__ = ["repulsive_loss", "repulsive_loss_of"]
 
 
 def repulsive_loss_of(positions: Tensor, threshold: float = 1.0) -> Tensor:
@@ -61,7 +52,9 @@ def repulsive_loss(model_or_positions: nn.Module | Iterable[Tensor], threshold: 
     Returns a scalar tensor (0 when there are no positions, e.g. a plain ConvNeXt).
     """
     if isinstance(model_or_positions, nn.Module):
-        tensors = [p for _, p in position_parameters(model_or_positions)]
+        from .models.dclsify import position_owners
+
+        tensors = [holder.owner.P for holder in position_owners(model_or_positions)]
     else:
         tensors = list(model_or_positions)
     if not tensors:

@@ -22,7 +22,8 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 import dcls_zoo
-from dcls_zoo.regularizers import position_parameters, repulsive_loss
+from dcls_zoo.models.dclsify import position_owners
+from dcls_zoo.regularizers import repulsive_loss
 
 from .checkpoints import load_pretrained_weights
 from .optim import WarmupCosine, parameter_groups, scale_group_learning_rates
@@ -113,7 +114,7 @@ class ImageClassifier(pl.LightningModule):
             rank_zero_info(f"pretrained weights: {load_pretrained_weights(self.model, pretrained, arch)}")
         self.mixup = self._build_mixup()
         self.criterion = self._build_criterion()
-        self.has_positions = bool(position_parameters(self.model))
+        self.has_positions = bool(position_owners(self.model))
         accuracies = {"top1": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
         if num_classes > 5:
             accuracies["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")

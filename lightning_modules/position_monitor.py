@@ -34,7 +34,7 @@ from torch import nn
 
 from dcls_zoo.construct import position_bounds
 from dcls_zoo.layers import _DclsNd
-from dcls_zoo.models.dclsify import dcls_layers, stage_of
+from dcls_zoo.models.dclsify import position_owners, stage_of
 from dcls_zoo.shared import SharedPositions
 
 __all__ = [
@@ -99,21 +99,12 @@ def position_groups(model: nn.Module) -> list[PositionGroup]:
     A :class:`~dcls_zoo.shared.SharedPositions` used by all blocks of a stage is one group (its
     tensor counts once), a layer that owns its positions is another.
     """
-    paths = {id(module): path for path, module in model.named_modules()}
-    users: dict[int, list[tuple[str, _DclsNd]]] = {}
-    owners: dict[int, SharedPositions | _DclsNd] = {}
-    for path, layer in dcls_layers(model):
-        owner = layer.shared_positions if layer.shared_positions is not None else layer
-        owners.setdefault(id(owner), owner)
-        users.setdefault(id(owner), []).append((path, layer))
-    # a SharedPositions kept outside the module tree is named after its first layer
-    owner_paths = {key: paths.get(key, users[key][0][0]) for key in owners}
-    stages = [stage_of(path) or path for path in owner_paths.values()]
-    groups = []
-    for (key, path), stage in zip(owner_paths.items(), stages):
-        name = stage if stages.count(stage) == 1 else path
-        groups.append(PositionGroup(name, path, owners[key], tuple(layer for _, layer in users[key])))
-    return groups
+    owners = position_owners(model)
+    stages = [stage_of(holder.path) or holder.path for holder in owners]
+    return [
+        PositionGroup(stage if stages.count(stage) == 1 else holder.path, holder.path, holder.owner, holder.layers)
+        for holder, stage in zip(owners, stages)
+    ]
 
 
 # (completed epochs, per-axis counts (d, bins), per-axis bin edges)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import dcls_zoo
-from dcls_zoo.regularizers import position_parameters, repulsive_loss, repulsive_loss_of
+from dcls_zoo.models.dclsify import position_owners
+from dcls_zoo.regularizers import repulsive_loss, repulsive_loss_of
 
 
 def _loop_reference(positions: torch.Tensor, threshold: float = 1.0) -> float:
@@ -51,9 +52,10 @@ def test_gradient_pushes_close_elements_apart():
 
 def test_model_loss_averages_distinct_position_tensors_once():
     model = dcls_zoo.create_model("convnext_dcls_atto", num_classes=10, in_chans=1, patch_size=2)
-    named = position_parameters(model)
-    assert [name for name, _ in named] == [f"stages.{i}.dcls_shared.conv_dw.P" for i in range(4)]
-    expected = torch.stack([repulsive_loss_of(p) for _, p in named]).mean()
+    owners = position_owners(model)
+    assert [holder.path for holder in owners] == [f"stages.{i}.dcls_shared.conv_dw" for i in range(4)]
+    assert {id(h.owner.P) for h in owners} == {id(p) for n, p in model.named_parameters() if n.endswith(".P")}
+    expected = torch.stack([repulsive_loss_of(holder.owner.P) for holder in owners]).mean()
     assert repulsive_loss(model).item() == pytest.approx(expected.item())
     assert repulsive_loss(model).item() > 0  # positions drawn at init are crowded in a 17x17 window
     plain = dcls_zoo.create_model("convnext_k7_atto", num_classes=10)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from torch import nn
 
@@ -40,6 +41,8 @@ __all__ = [
     "stage_of",
     "clamp_model_positions_",
     "dcls_layers",
+    "PositionOwner",
+    "position_owners",
 ]
 
 _DCLS_BY_CONV: dict[type[nn.Module], type[_DclsNd]] = {nn.Conv1d: Dcls1d, nn.Conv2d: Dcls2d, nn.Conv3d: Dcls3d}
@@ -342,8 +345,30 @@ def dcls_layers(model: nn.Module) -> list[tuple[str, _DclsNd]]:
     return [(path, m) for path, m in model.named_modules() if isinstance(m, _DclsNd)]
 
 
+class PositionOwner(NamedTuple):
+    """A holder of positions: a :class:`~dcls_zoo.shared.SharedPositions` or a DCLS layer with its own."""
+
+    path: str
+    owner: SharedPositions | _DclsNd
+    layers: tuple[_DclsNd, ...]  # the DCLS layers whose kernels use these positions
+
+
+def position_owners(model: nn.Module) -> list[PositionOwner]:
+    """Every distinct holder of positions of ``model`` once, in module order.
+
+    A :class:`~dcls_zoo.shared.SharedPositions` (one ``P``/``SIG`` for a stage) counts once, a DCLS
+    layer with its own positions is its own holder. A shared holder kept outside the module tree
+    is found through its layers and named after the first of them.
+    """
+    paths = {id(module): path for path, module in model.named_modules()}
+    found: dict[int, tuple[str, SharedPositions | _DclsNd, list[_DclsNd]]] = {}
+    for path, layer in dcls_layers(model):
+        owner = layer.shared_positions if layer.shared_positions is not None else layer
+        found.setdefault(id(owner), (paths.get(id(owner), path), owner, []))[2].append(layer)
+    return [PositionOwner(path, owner, tuple(layers)) for path, owner, layers in found.values()]
+
+
 def clamp_model_positions_(model: nn.Module) -> None:
     """Clamp every position tensor of ``model`` (own and shared) into its window, in place."""
-    for module in model.modules():
-        if isinstance(module, SharedPositions) or (isinstance(module, _DclsNd) and module.shared_positions is None):
-            module.clamp_positions_()
+    for holder in position_owners(model):
+        holder.owner.clamp_positions_()
