@@ -94,15 +94,12 @@ class DclsCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")
-
-    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if subcommand == "fit":  # options of the job around trainer.fit, not of Trainer.fit itself
-            parser.add_argument("--test_after_fit", type=bool, default=False, help="test the best checkpoint after fit")
-            parser.add_argument(
-                "--export_after_fit", type=bool, default=False, help="export the best checkpoint to <log_dir>/export"
-            )
-        return parser
+        # Options of the job around trainer.fit. Every subcommand accepts them, so that one config
+        # serves `fit` and `test`/`validate`/`predict` alike; only `fit` acts on them.
+        parser.add_argument("--test_after_fit", type=bool, default=False, help="fit only: test the best checkpoint")
+        parser.add_argument(
+            "--export_after_fit", type=bool, default=False, help="fit only: export the best checkpoint to <log_dir>/export"
+        )
 
     def instantiate_classes(self) -> None:
         try:

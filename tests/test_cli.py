@@ -70,6 +70,14 @@ def test_print_config_round_trips(config, tmp_path, monkeypatch, capsys):
     assert "num_classes" not in printed.split("\nmodel:", 1)[1].split("\ndata:", 1)[0]  # linked from the data
 
 
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_a_training_config_serves_the_evaluation_subcommands(subcommand, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as info:
+        main([subcommand, "-c", "configs/quickstart.yaml", "--print_config"])
+    assert info.value.code == 0 and "FashionMNISTDataModule" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_presets_stack_on_a_recipe(preset, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)

@@ -133,3 +133,10 @@ def test_quickstart_job_tests_exports_and_summarises(tmp_path, monkeypatch):
     for name in ("metrics.csv", "config.yaml", "positions/positions_hist.png", "positions/positions_speed.png"):
         assert (run / name).is_file(), name
     assert list((tmp_path / "logs" / "tensorboard" / "quickstart").rglob("events.out.tfevents.*"))
+
+    # the same config evaluates the best checkpoint with `dcls-zoo test` (EMA weights, as after fit)
+    evaluate = ["test", "-c", QUICKSTART, "--data.batch_size=32", "--trainer.limit_test_batches=2"]
+    assert main([*evaluate, f"--ckpt_path={summary['best_checkpoint']}"]) == 0
+    newest = sorted((tmp_path / "logs" / "quickstart").iterdir())[-1]
+    (row,) = [r for r in csv.DictReader(open(newest / "metrics.csv")) if r.get("test/top1")]
+    assert round(float(row["test/top1"]), 4) == summary["test/top1"]
