@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import LayerNorm2d
 from timm.models import generate_default_cfgs, register_model
 from timm.models.convnext import ConvNeXt
 from torch import nn
