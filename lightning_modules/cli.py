@@ -208,4 +208,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as error:
         print(f"dcls-zoo {name}: stopped: {error}", file=sys.stderr)
         return 1
+    finally:
+        _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Tear down a DDP process group Lightning left open: exiting with live gloo threads can abort
+    the process ("terminate called without an active exception") after a successful run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
