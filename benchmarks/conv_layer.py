@@ -4,12 +4,15 @@ For every ConvNeXt-T stage shape (C, H) = (96, 56), (192, 28), (384, 14), (768, 
 NCHW float32 input, window 17 and 34 elements (bilinear, the paper's ConvNeXt-dcls layer) — and
 the Gaussian 23 / 26 layer — this times forward + backward of:
 
-* ours: ``dcls_zoo.Dcls2d`` with the automatic backend (kernel construction included);
+* ours: ``dcls_zoo.Dcls2d`` with the automatic backend (kernel construction included), with
+  positions spread uniformly over the window as in a trained model, and as freshly
+  initialised (``N(0, 0.5)``: the elements reach only the window's centre, whose taps alone are
+  convolved on the CPU);
 * official: ``DCLS.construct.modules.Dcls2d`` (``version="v0"``, and ``"gauss"``), which builds
   its kernel densely and runs ``F.conv2d`` (its implicit-GEMM path needs CUDA);
 * ``nn.Conv2d`` with a dense 17x17 (23x23) depthwise kernel, NCHW, what a user would write.
 
-All three compute the same thing (checked on the first repeat: outputs of ours and the official
+The official layer and the trained-like ours share their positions: all three compute the same thing (checked on the first repeat: outputs of ours and the official
 layer agree to 1e-4). Markdown table on stdout, progress on stderr.
 
     python benchmarks/conv_layer.py [--quick] [--threads N] [--repeats N] [--device cuda]
@@ -28,7 +31,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import add_run_arguments, apply_run_arguments, best_time_seconds  # noqa: E402
-from dcls_zoo import Dcls2d  # noqa: E402
+from dcls_zoo import Dcls2d, position_bounds  # noqa: E402
 
 STAGES = ((96, 56), (192, 28), (384, 14), (768, 7))
 LAYERS = (("bilinear", "v0", 17, 34), ("gauss", "gauss", 23, 26))
@@ -82,6 +85,10 @@ def main() -> None:
         for channels, size in STAGES:
             print(f"  {interpolation} C={channels} H={size} ...", file=sys.stderr, flush=True)
             official = _official(channels, window, count, official_version).to(device)
+            fresh = _ours_like(official, channels, window, count, interpolation)
+            with torch.no_grad():  # as trained: elements all over the window
+                low, high = position_bounds(window)
+                official.P.uniform_(low, high)
             ours = _ours_like(official, channels, window, count, interpolation)
             dense = nn.Conv2d(channels, channels, window, padding=window // 2, groups=channels, device=device)
             x = torch.randn(BATCH, channels, size, size, device=device, requires_grad=True)
@@ -93,16 +100,17 @@ def main() -> None:
                 raise SystemExit(f"ours and official differ ({error:.1e}) at C={channels}: not the same layer")
             times = {
                 name: best_time_seconds(_step(layer, x, grad), repeats) * 1e3
-                for name, layer in (("ours", ours), ("official", official), ("dense", dense))
+                for name, layer in (("ours", ours), ("fresh", fresh), ("official", official), ("dense", dense))
             }
             rows.append((interpolation, window, count, channels, size, times))
 
     print(f"\nDepthwise DCLS layer forward + backward, batch {BATCH}, NCHW float32, {device.type}, "
           f"torch {torch.__version__}, {args.threads} thread(s), best of {repeats}.\n")
-    print("| layer | C x H | ours ms | official ms | nn.Conv2d dense ms | vs official | vs nn.Conv2d |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("Positions spread over the window (as trained) unless marked fresh (as initialised).\n")
+    print("| layer | C x H | ours ms | ours, fresh ms | official ms | nn.Conv2d dense ms | vs official | vs nn.Conv2d |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for interpolation, window, count, channels, size, t in rows:
-        print(f"| {interpolation} {window}x{window} K={count} | {channels} x {size} | {t['ours']:.1f} | "
+        print(f"| {interpolation} {window}x{window} K={count} | {channels} x {size} | {t['ours']:.1f} | {t['fresh']:.1f} | "
               f"{t['official']:.1f} | {t['dense']:.1f} | {t['official'] / t['ours']:.1f}x | "
               f"{t['dense'] / t['ours']:.1f}x |")
     bilinear = [t for r in rows if r[0] == "bilinear" for t in [r[5]]]

@@ -35,6 +35,7 @@ from .models import (
     dcls_layers,
     dclsify,
     list_models,
+    spread_model_positions_,
 )
 from .shared import SharedPositions
 
@@ -60,6 +61,7 @@ __all__ = [
     "dcls_layers",
     "dclsify",
     "list_models",
+    "spread_model_positions_",
     "Dcls1d",
     "Dcls2d",
     "Dcls3d",

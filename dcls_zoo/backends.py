@@ -39,6 +39,8 @@ __all__ = [
     "ConvCall",
     "PADDING_MODES",
     "convolve",
+    "crop_to_reach",
+    "crop_to_support",
     "get_backend",
     "select_backend",
     "set_backend",
@@ -279,6 +281,38 @@ def select_backend(call: ConvCall, requested: str = "auto") -> _Backend:
             raise ValueError(f"backend {name!r} cannot run this convolution: {reason}")
         return backend
     return next(backend for backend in BACKENDS.values() if backend.supports(call) is None)
+
+
+def crop_to_support(
+    kernel: Tensor,
+    padding: Sequence[tuple[int, int]],
+    support: Sequence[tuple[int, int]],
+) -> tuple[Tensor, tuple[tuple[int, int], ...]]:
+    """Drop border taps outside ``support``, which must be zero; same output, exactly.
+
+    Removing ``a`` leading taps of an axis and as many padded rows keeps every output reading
+    the same input rows (likewise at the end), so an axis loses at most as many taps per side
+    as it has padding there. Works for every padding mode: a padded value does not depend on
+    how much padding there is.
+
+    Args:
+        kernel: ``(C_out, C_in / groups, *window)``.
+        padding: ``(before, after)`` per axis.
+        support: ``(first, last)`` window index per axis; the taps outside are zero.
+
+    Returns:
+        The cropped kernel (a view) and its ``(before, after)`` padding per axis.
+    """
+    slices, new_padding = [], []
+    for axis, ((first, last), (before, after)) in enumerate(zip(support, padding)):
+        window = kernel.shape[2 + axis]
+        front, back = min(first, before), min(window - 1 - last, after)
+        front, back = max(front, 0), max(back, 0)
+        slices.append(slice(front, window - back))
+        new_padding.append((before - front, after - back))
+    if all(s.start == 0 and s.stop == kernel.shape[2 + i] for i, s in enumerate(slices)):
+        return kernel, tuple(tuple(p) for p in padding)
+    return kernel[(slice(None), slice(None), *slices)], tuple(new_padding)
 
 
 def crop_to_reach(

@@ -86,6 +86,22 @@ class Footprints:
         """Per-axis footprints as dense tensors: ``d`` tensors ``(*batch, K, sizes[i])``."""
         raise NotImplementedError
 
+    def support(self) -> tuple[tuple[int, int], ...]:
+        """Per axis, the first and last window index that any element reaches.
+
+        Outside this box every footprint value and every derivative of one by a position or
+        width is exactly zero, so the kernel there is zero and its gradient is never needed:
+        a convolution may drop those taps (:func:`dcls_zoo.backends.crop_to_support`). Reading
+        it synchronises with the device once; the result is kept.
+        """
+        cached = self.__dict__.get("_support_cache")
+        if cached is None:
+            cached = self.__dict__["_support_cache"] = self._support()
+        return cached
+
+    def _support(self) -> tuple[tuple[int, int], ...]:
+        raise NotImplementedError
+
 
 class DenseFootprints(Footprints):
     """Footprints stored densely along each axis (any profile), combined by a batched matmul.
@@ -101,6 +117,17 @@ class DenseFootprints(Footprints):
 
     def dense(self) -> list[Tensor]:
         return self.factors
+
+    def _support(self) -> tuple[tuple[int, int], ...]:
+        # A profile's derivatives vanish wherever its value does (gauss underflow, the flat
+        # part of the triangle), so the non-zero values bound everything.
+        reached = torch.cat([f.detach().ne(0).reshape(-1, f.shape[-1]).any(0) for f in self.factors]).tolist()
+        support, start = [], 0
+        for size in self.sizes:
+            indices = [i for i, hit in enumerate(reached[start : start + size]) if hit]
+            support.append((indices[0], indices[-1]) if indices else (0, size - 1))
+            start += size
+        return tuple(support)
 
     def kernel(self, weight: Tensor) -> Tensor:
         *leading, last = self.factors
@@ -196,6 +223,13 @@ class TapFootprints(Footprints):
         if weight.is_cuda and torch.are_deterministic_algorithms_enabled():
             return DenseFootprints(self.dense()).kernel(weight)
         return _TapKernel.apply(weight, self.positions, self)
+
+    def _support(self) -> tuple[tuple[int, int], ...]:
+        # Both taps count, even one whose value is zero (an integer position): the position's
+        # gradient reads the kernel's gradient there.
+        flat = self.taps.flatten(2)
+        bounds = torch.stack((flat[:, 0].amin(-1), flat[:, 1].amax(-1)), dim=-1).tolist()
+        return tuple((first, last) for first, last in bounds)
 
     def dense(self) -> list[Tensor]:
         # Axis i's footprints are 1D "kernels" of unit-weight single elements, one per element.

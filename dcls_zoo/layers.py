@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .backends import PADDING_MODES, convolve
+from .backends import PADDING_MODES, convolve, crop_to_support
 from .backends import _check_name as _check_backend
 from .construct import (
     Footprints,
@@ -30,6 +30,10 @@ from .construct import (
 from .shared import SharedPositions
 
 __all__ = ["Dcls1d", "Dcls2d", "Dcls3d"]
+
+
+# torch.compiler.is_compiling appeared in torch 2.3; older versions cannot be compiling through it.
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
 def _positive_int(value: object, name: str, minimum: int = 1) -> int:
@@ -216,14 +220,33 @@ class _DclsNd(nn.Module):
 
     def kernel(self) -> Tensor:
         """The dense kernel ``(C_out, C_in / groups, *dilated_kernel_size)``."""
-        kernel = kernel_from_footprints(self.weight, self.footprints())
-        return kernel.permute(self._kernel_permutation)
+        return self._kernel_from(self.footprints())
+
+    def _kernel_from(self, footprints: Footprints) -> Tensor:
+        return kernel_from_footprints(self.weight, footprints).permute(self._kernel_permutation)
+
+    def _kernel_and_padding(self) -> tuple[Tensor, tuple[tuple[int, int], ...]]:
+        """The kernel to convolve with and its ``(before, after)`` padding per axis.
+
+        On the CPU the kernel is cropped to the box its elements reach (exact, see
+        :func:`~dcls_zoo.backends.crop_to_support`): freshly initialised positions
+        (``N(0, 0.5)``) reach about 7x7 of a 17x17 window. Finding the box reads the positions
+        on the host, which on a GPU would stall the stream and break graph capture, so GPUs and
+        ``torch.compile`` keep the whole window.
+        """
+        footprints = self.footprints()
+        kernel = self._kernel_from(footprints)
+        if kernel.device.type != "cpu" or _is_compiling():
+            return kernel, self._padding_pairs
+        learned = dict(zip(self.learned_axes, footprints.support()))
+        support = [learned.get(axis, (0, size - 1)) for axis, size in enumerate(self.dilated_kernel_size)]
+        return crop_to_support(kernel, self._padding_pairs, support)
 
     def _kernel_parameters(self) -> tuple[Tensor, ...]:
         return tuple(t for t in (self.weight, self.P, self.SIG) if t is not None)
 
-    def _inference_kernel(self) -> Tensor | None:
-        """The dense kernel, built once and reused while no parameter changes, when no gradient
+    def _inference_kernel(self) -> tuple[Tensor, tuple[tuple[int, int], ...]] | None:
+        """:meth:`_kernel_and_padding`, built once and reused while no parameter changes, when no gradient
         can flow to the parameters (``torch.no_grad``/``inference_mode``, or eval mode with
         frozen parameters); ``None`` when the kernel must be built with autograd."""
         parameters = self._kernel_parameters()
@@ -235,7 +258,7 @@ class _DclsNd(nn.Module):
         cached = self.__dict__.get("_kernel_cache")
         if cached is None or cached[0] != key:
             with torch.no_grad():
-                cached = (key, self.kernel())
+                cached = (key, self._kernel_and_padding())
             self.__dict__["_kernel_cache"] = cached
         return cached[1]
 
@@ -265,11 +288,8 @@ class _DclsNd(nn.Module):
         self._check_input(input)
         unbatched = input.dim() == self.spatial_dims + 1
         batch = input.unsqueeze(0) if unbatched else input
-        kernel = self._inference_kernel()
-        output = convolve(
-            batch, self.kernel() if kernel is None else kernel, self.bias, self.stride, self._padding_pairs, self.groups, self.padding_mode,
-            self.backend,
-        )
+        kernel, padding = self._inference_kernel() or self._kernel_and_padding()
+        output = convolve(batch, kernel, self.bias, self.stride, padding, self.groups, self.padding_mode, self.backend)
         return output.squeeze(0) if unbatched else output
 
     def extra_repr(self) -> str:

@@ -12,7 +12,15 @@ import torch.nn.functional as F
 
 from dcls_zoo import Dcls1d, Dcls2d, Dcls3d
 from dcls_zoo import backends
-from dcls_zoo.backends import BACKENDS, ConvCall, crop_to_reach, select_backend, set_backend, use_backend
+from dcls_zoo.backends import (
+    BACKENDS,
+    ConvCall,
+    crop_to_reach,
+    crop_to_support,
+    select_backend,
+    set_backend,
+    use_backend,
+)
 
 LAYERS = {1: Dcls1d, 2: Dcls2d, 3: Dcls3d}
 
@@ -94,6 +102,27 @@ def test_crop_to_reach_is_exact(size, window, stride, padding):
     torch.testing.assert_close(result, reference)
     if size + 1 < window // 2:
         assert cropped.shape[-1] < window
+
+
+@pytest.mark.parametrize("window,support,padding,stride,mode,expected", [
+    (17, (6, 10), (8, 8), 1, "zeros", (6, 10)),  # centre of a "same" kernel
+    (17, (2, 16), (8, 8), 1, "zeros", (2, 16)),  # lopsided
+    (9, (1, 7), (0, 0), 1, "zeros", (0, 8)),  # no padding: nothing may go
+    (9, (3, 6), (1, 4), 2, "zeros", (1, 6)),  # as much as each side's padding allows
+    (11, (4, 6), (5, 5), 3, "reflect", (4, 6)),
+    (11, (0, 10), (5, 5), 1, "zeros", (0, 10)),
+])
+def test_crop_to_support_is_exact(window, support, padding, stride, mode, expected):
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 12)
+    kernel = torch.zeros(3, 1, window)
+    kernel[..., support[0]:support[1] + 1] = torch.randn(3, 1, support[1] - support[0] + 1)
+    cropped, new_padding = crop_to_support(kernel, (padding,), (support,))
+    pad_mode = "constant" if mode == "zeros" else mode
+    reference = F.conv1d(F.pad(x, padding, mode=pad_mode), kernel, stride=stride, groups=3)
+    result = F.conv1d(F.pad(x, new_padding[0], mode=pad_mode), cropped, stride=stride, groups=3)
+    torch.testing.assert_close(result, reference)
+    torch.testing.assert_close(cropped, kernel[..., expected[0]:expected[1] + 1])
 
 
 def test_crop_removes_unreachable_taps_of_a_17x17_kernel_on_7x7_maps():

@@ -14,16 +14,16 @@ from dcls_zoo import Dcls1d, Dcls2d, Dcls3d, fuse
 
 @pytest.fixture
 def counted_layer(monkeypatch):
-    """A Dcls2d whose kernel() builds are counted."""
+    """A Dcls2d whose kernel builds are counted."""
     layer = Dcls2d(4, 4, 5, 9, padding="same", groups=4, version="gauss")
     builds = []
-    original = layer.kernel
+    original = layer._kernel_and_padding
 
     def counting_kernel():
         builds.append(1)
         return original()
 
-    monkeypatch.setattr(layer, "kernel", counting_kernel)
+    monkeypatch.setattr(layer, "_kernel_and_padding", counting_kernel)
     return layer, builds
 
 

@@ -4,6 +4,7 @@ argument and input checks, clamping, the shared-position functional API, and sil
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 
 import pytest
@@ -226,3 +227,55 @@ def test_bad_input_is_reported(make_input, error, fragment):
     with pytest.raises(error) as info:
         layer(make_input())
     assert fragment in str(info.value)
+
+
+def _reference_outputs_and_grads(layer, x, stride, padding, padding_mode):
+    """Output and gradients through the whole dense window: ``layer.kernel()`` and ``F.convNd``."""
+    conv = {1: nn.functional.conv1d, 2: nn.functional.conv2d, 3: nn.functional.conv3d}[layer.spatial_dims]
+    x = x.detach().requires_grad_()
+    mode = "constant" if padding_mode == "zeros" else padding_mode
+    padded = nn.functional.pad(x, [padding] * (2 * layer.spatial_dims), mode=mode)
+    y = conv(padded, layer.kernel(), layer.bias, stride, 0, 1, layer.groups)
+    return y, torch.autograd.grad(y, [x, *layer.parameters()], torch.linspace(-1, 1, y.numel()).view_as(y).double())
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("version", ["bilinear", "triangle", "gauss"])
+@pytest.mark.parametrize("stride,padding,padding_mode", [(1, 6, "zeros"), (2, 5, "reflect")])
+def test_skipping_unreached_taps_is_exact(dims, version, stride, padding, padding_mode):
+    """On the CPU a layer drops the border taps its elements never reach; output and every
+    gradient must equal the whole-window computation (float64)."""
+    torch.manual_seed(dims)
+    window = {1: 13, 2: (13, 11), 3: (13, 11, 9)}[dims]
+    layer = LAYERS[dims](4, 4, 5, window, stride=stride, padding=padding, groups=4,
+                         padding_mode=padding_mode, version=version).double()
+    if version == "bilinear":
+        with torch.no_grad():  # an integer position: its upper tap has value 0 but a gradient
+            layer.P[:, 0, 0, 0] = 2.0
+    x = torch.randn(2, 4, *[12] * dims, dtype=torch.float64)
+    kernel, _ = layer._kernel_and_padding()
+    if version != "gauss":  # fresh gauss elements reach almost the whole window
+        assert math.prod(kernel.shape[2:]) < math.prod(layer.dilated_kernel_size)
+    expected, expected_grads = _reference_outputs_and_grads(layer, x, stride, padding, padding_mode)
+    x = x.detach().requires_grad_()
+    y = layer(x)
+    grads = torch.autograd.grad(y, [x, *layer.parameters()], torch.linspace(-1, 1, y.numel()).view_as(y).double())
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    for got, want, name in zip(grads, expected_grads, ["input", *dict(layer.named_parameters())]):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_fresh_17x17_layer_convolves_only_the_reached_centre():
+    torch.manual_seed(0)
+    layer = Dcls2d(96, 96, 34, 17, padding="same", groups=96, version="bilinear")
+    kernel, padding = layer._kernel_and_padding()
+    reach = (layer.P.detach() + 8).floor()  # lower tap index of every element, per axis
+    for axis in range(2):
+        first, last = int(reach[axis].min()), int(reach[axis].max()) + 1
+        assert kernel.shape[2 + axis] == last - first + 1 < 10
+        assert padding[axis] == (8 - first, 8 - (16 - last))
+    torch.testing.assert_close(kernel, layer.kernel()[:, :, slice(*_span(reach[0])), slice(*_span(reach[1]))])
+
+
+def _span(lower_taps: torch.Tensor) -> tuple[int, int]:
+    return int(lower_taps.min()), int(lower_taps.max()) + 2

@@ -27,9 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import torch
 from torch import nn
 
-from ..construct import resolve_interpolation
+from ..construct import position_bounds, resolve_interpolation
 from ..layers import Dcls1d, Dcls2d, Dcls3d, _DclsNd
 from ..shared import SharedPositions
 
@@ -40,6 +41,7 @@ __all__ = [
     "SharedPositionsDict",
     "stage_of",
     "clamp_model_positions_",
+    "spread_model_positions_",
     "dcls_layers",
     "PositionOwner",
     "position_owners",
@@ -372,3 +374,19 @@ def clamp_model_positions_(model: nn.Module) -> None:
     """Clamp every position tensor of ``model`` (own and shared) into its window, in place."""
     for holder in position_owners(model):
         holder.owner.clamp_positions_()
+
+
+@torch.no_grad()
+def spread_model_positions_(model: nn.Module, generator: torch.Generator | None = None) -> None:
+    """Draw every position of ``model`` uniformly over its window, in place.
+
+    Trained ConvNeXt-dcls positions cover the whole window, while freshly initialised ones
+    (``N(0, 0.5)``) stay near its centre, where the CPU layers skip the unreached taps. Benchmarks
+    and MAC counts use this to see the cost of a trained model.
+    """
+    for holder in position_owners(model):
+        positions = holder.owner.P
+        for axis, window in enumerate(holder.owner.learned_kernel_size):
+            low, high = position_bounds(window)
+            values = torch.rand(positions[axis].shape, generator=generator, dtype=positions.dtype)
+            positions[axis].copy_(values * (high - low) + low)
