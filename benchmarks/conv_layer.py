@@ -12,8 +12,16 @@ the Gaussian 23 / 26 layer — this times forward + backward of:
   its kernel densely and runs ``F.conv2d`` (its implicit-GEMM path needs CUDA);
 * ``nn.Conv2d`` with a dense 17x17 (23x23) depthwise kernel, NCHW, what a user would write.
 
-The official layer and the trained-like ours share their positions: all three compute the same thing (checked on the first repeat: outputs of ours and the official
-layer agree to 1e-4). Markdown table on stdout, progress on stderr.
+The official layer and the trained-like ours share their positions, so all three compute the
+same thing (checked on the first repeat: outputs of ours and the official layer agree to 1e-4).
+
+A second table times the layers as they run inside ConvNeXt: timm's blocks hand their depthwise
+convolution a channels_last tensor (the block's permute back from NHWC), so there ours and timm's
+7x7 ``nn.Conv2d`` both get channels_last input. Weighing the stages by ConvNeXt-T's depths
+(3, 3, 9, 3) gives the depthwise work of one training step: the part of the whole-model
+comparison (``model_throughput.py``) that differs between the two models.
+
+Markdown tables on stdout, progress on stderr.
 
     python benchmarks/conv_layer.py [--quick] [--threads N] [--repeats N] [--device cuda]
 """
@@ -34,6 +42,7 @@ from common import add_run_arguments, apply_run_arguments, best_time_seconds  # 
 from dcls_zoo import Dcls2d, position_bounds  # noqa: E402
 
 STAGES = ((96, 56), (192, 28), (384, 14), (768, 7))
+DEPTHS = (3, 3, 9, 3)  # ConvNeXt-T blocks per stage
 LAYERS = (("bilinear", "v0", 17, 34), ("gauss", "gauss", 23, 26))
 BATCH = 8
 
@@ -102,6 +111,13 @@ def main() -> None:
                 name: best_time_seconds(_step(layer, x, grad), repeats) * 1e3
                 for name, layer in (("ours", ours), ("fresh", fresh), ("official", official), ("dense", dense))
             }
+            convnext = nn.Conv2d(channels, channels, 7, padding=3, groups=channels, device=device)
+            x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+            grad_cl = grad.contiguous(memory_format=torch.channels_last)
+            times.update({
+                f"{name} cl": best_time_seconds(_step(layer, x_cl, grad_cl), repeats) * 1e3
+                for name, layer in (("ours", ours), ("fresh", fresh), ("7x7", convnext))
+            })
             rows.append((interpolation, window, count, channels, size, times))
 
     print(f"\nDepthwise DCLS layer forward + backward, batch {BATCH}, NCHW float32, {device.type}, "
@@ -113,6 +129,18 @@ def main() -> None:
         print(f"| {interpolation} {window}x{window} K={count} | {channels} x {size} | {t['ours']:.1f} | {t['fresh']:.1f} | "
               f"{t['official']:.1f} | {t['dense']:.1f} | {t['official'] / t['ours']:.1f}x | "
               f"{t['dense'] / t['ours']:.1f}x |")
+    print("\nInside ConvNeXt-T (channels_last input, as timm's blocks pass it), against its 7x7 layer:\n")
+    print("| layer | C x H | ours ms | ours, fresh ms | nn.Conv2d 7x7 ms | 7x7 / ours |")
+    print("|---|---|---:|---:|---:|---:|")
+    for interpolation, window, count, channels, size, t in rows:
+        print(f"| {interpolation} {window}x{window} K={count} | {channels} x {size} | {t['ours cl']:.1f} | "
+              f"{t['fresh cl']:.1f} | {t['7x7 cl']:.1f} | {t['7x7 cl'] / t['ours cl']:.2f}x |")
+    print("\nDepthwise work of one ConvNeXt-T training step (stages weighted by depths 3, 3, 9, 3):\n")
+    for interpolation in dict.fromkeys(r[0] for r in rows):
+        stage_times = [r[5] for r in rows if r[0] == interpolation]
+        total = {name: sum(d * t[f"{name} cl"] for d, t in zip(DEPTHS, stage_times)) for name in ("ours", "fresh", "7x7")}
+        print(f"- {interpolation}: ours {total['ours']:.0f} ms (fresh positions {total['fresh']:.0f} ms) "
+              f"vs 7x7 {total['7x7']:.0f} ms: {total['ours'] / total['7x7']:.2f}x the 7x7 time")
     bilinear = [t for r in rows if r[0] == "bilinear" for t in [r[5]]]
     met = all(t["official"] / t["ours"] >= 5 and t["dense"] > t["ours"] for t in bilinear)
     print(f"\nTargets (bilinear 17/34: >= 5x faster than official and faster than nn.Conv2d at every stage): "

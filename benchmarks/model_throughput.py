@@ -6,7 +6,9 @@ hits both alike. The DCLS models get their positions spread over the whole windo
 trained model (:func:`dcls_zoo.spread_model_positions_`); ``convnext_dcls_tiny (fresh)`` keeps the
 initial ``N(0, 0.5)`` positions, whose elements reach only the window's centre, so the CPU layers
 convolve about 7x7 taps instead of 17x17 early in training. The targets are read on the
-trained-like models.
+trained-like models. ``convnext_tiny without depthwise convs`` (every ``conv_dw`` an identity) times
+the rest of the network, which both models share, so that the depthwise part of each step can be
+read off: that part is where the models differ.
 
 * training: one AdamW step (forward, cross-entropy, backward, step, position clamping);
 * inference: eval forward under ``torch.no_grad``, DCLS both as trained (cached kernels) and
@@ -39,6 +41,7 @@ from common import MIB, add_run_arguments, apply_run_arguments, peak_memory_byte
 BASELINE = "convnext_tiny"
 TRAINED = ("convnext_dcls_tiny", "convnext_dcls_gauss_tiny")
 FRESH = "convnext_dcls_tiny (fresh)"
+REST = "convnext_tiny without depthwise convs"
 BATCH, SIZE = 8, 224
 TARGETS = {"convnext_dcls_tiny": 1.0, "convnext_dcls_gauss_tiny": 0.95, "fused convnext_dcls_tiny": 0.95}
 
@@ -110,6 +113,10 @@ def main() -> None:
     for name in TRAINED:
         dcls_zoo.spread_model_positions_(models[name])
     models[FRESH] = dcls_zoo.create_model("convnext_dcls_tiny").to(device)
+    models[REST] = timm.create_model(BASELINE).to(device)
+    for stage in models[REST].stages:
+        for block in stage.blocks:
+            block.conv_dw = nn.Identity()
 
     print("  training steps ...", file=sys.stderr, flush=True)
     steps = {name: _training_step(model, images, labels) for name, model in models.items()}
@@ -134,10 +141,14 @@ def main() -> None:
     print("| model | training s/step | training throughput vs convnext_tiny | inference s/batch | "
           "inference throughput vs convnext_tiny |")
     print("|---|---:|---:|---:|---:|")
-    for name in (BASELINE, *TRAINED, FRESH, "fused convnext_dcls_tiny"):
+    for name in (BASELINE, *TRAINED, FRESH, REST, "fused convnext_dcls_tiny"):
         train_cells = (f"{train[name]:.2f} | {train[BASELINE] / train[name]:.2f}x" if name in train else "- | -")
         infer_cells = (f"{infer[name]:.3f} | {infer[BASELINE] / infer[name]:.2f}x" if name in infer else "- | -")
         print(f"| {name} | {train_cells} | {infer_cells} |")
+    depthwise = {name: train[name] - train[REST] for name in (BASELINE, *TRAINED, FRESH)}
+    print(f"\nDepthwise convolutions per training step (step minus the rest of the network, "
+          f"{train[REST]:.2f} s): " + ", ".join(
+              f"{name} {seconds:.2f} s ({seconds / depthwise[BASELINE]:.1f}x)" for name, seconds in depthwise.items()))
     if memory:
         ratio = memory["convnext_dcls_tiny"] / memory[BASELINE]
         print(f"\nPeak training-step tensor memory: convnext_tiny {memory[BASELINE] / MIB:.0f} MiB, "
