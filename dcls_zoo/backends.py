@@ -16,7 +16,8 @@ backend from :data:`BACKENDS`, the first in order whose ``supports(call)`` has n
 
 Every backend first crops the kernel to the taps that can reach the input (exact: with zero
 padding, a tap further from the data than the padded map never contributes), which removes a
-third of a 17x17 kernel's work on 7x7 maps.
+third of a 17x17 kernel's work on 7x7 maps. The DCLS layers also crop, on the CPU, to the taps
+their elements reach (:func:`crop_to_support`).
 
 Choose explicitly with ``Dcls2d(..., backend="native")``, :func:`use_backend` (a context
 manager) or :func:`set_backend` (global); ``"auto"`` is the default.
