@@ -308,7 +308,6 @@ def crop_to_support(
     for axis, ((first, last), (before, after)) in enumerate(zip(support, padding)):
         window = kernel.shape[2 + axis]
         front, back = min(first, before), min(window - 1 - last, after)
-        front, back = max(front, 0), max(back, 0)
         slices.append(slice(front, window - back))
         new_padding.append((before - front, after - back))
     if all(s.start == 0 and s.stop == kernel.shape[2 + i] for i, s in enumerate(slices)):

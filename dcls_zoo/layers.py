@@ -246,9 +246,9 @@ class _DclsNd(nn.Module):
         return tuple(t for t in (self.weight, self.P, self.SIG) if t is not None)
 
     def _inference_kernel(self) -> tuple[Tensor, tuple[tuple[int, int], ...]] | None:
-        """:meth:`_kernel_and_padding`, built once and reused while no parameter changes, when no gradient
-        can flow to the parameters (``torch.no_grad``/``inference_mode``, or eval mode with
-        frozen parameters); ``None`` when the kernel must be built with autograd."""
+        """:meth:`_kernel_and_padding`, built once and reused while no parameter changes, when no
+        gradient can flow to the parameters (``torch.no_grad``/``inference_mode``, or eval mode
+        with frozen parameters); ``None`` when the kernel must be built with autograd."""
         parameters = self._kernel_parameters()
         if torch.is_grad_enabled() and (self.training or any(p.requires_grad for p in parameters)):
             return None
