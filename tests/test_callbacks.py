@@ -11,19 +11,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import dcls_zoo
 from lightning_modules.callbacks import HubPushCallback
+from run_helpers import CrossEntropyClassifier
 
 
-class _TinyClassifier(pl.LightningModule):
+class _TinyClassifier(CrossEntropyClassifier):
     def __init__(self) -> None:
         super().__init__()
         self.model = dcls_zoo.create_model("convnext_dcls_atto", num_classes=3, stem="small", dims=(8, 16, 24, 32),
                                            depths=(1, 1, 1, 1))
-
-    def training_step(self, batch, batch_index):
-        images, labels = batch
-        loss = torch.nn.functional.cross_entropy(self.model(images), labels)
-        self.log("train_loss", loss)
-        return loss
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)

@@ -25,6 +25,7 @@ from dcls_zoo.construct import position_bounds
 from dcls_zoo.shared import SharedPositions
 from lightning_modules.callbacks import ClampPositions, PositionMonitor, SigmaSchedule
 from lightning_modules.position_monitor import position_groups
+from run_helpers import CrossEntropyClassifier
 
 WINDOW = 17  # convnext_dcls_atto's DCLS window
 GAUSS_OFFSET = 0.27  # effective gauss width = |SIG| + 0.27
@@ -35,7 +36,7 @@ def _seed():
     torch.manual_seed(0)  # the networks' initial positions too: reproducible values and run times
 
 
-class _Classifier(pl.LightningModule):
+class _Classifier(CrossEntropyClassifier):
     """The smallest module the callbacks need: the network as ``self.model``, SGD, positions at their own lr."""
 
     def __init__(self, position_lr: float = 0.01, **model_kwargs) -> None:
@@ -47,12 +48,6 @@ class _Classifier(pl.LightningModule):
         model_kwargs.setdefault("dims", (8, 16, 24, 32))  # atto's depths and windows, a quarter of its widths
         self.model = dcls_zoo.create_model("convnext_dcls_atto", num_classes=10, in_chans=1, patch_size=2,
                                            **model_kwargs)
-
-    def training_step(self, batch, batch_index):
-        images, labels = batch
-        loss = torch.nn.functional.cross_entropy(self.model(images), labels)
-        self.log("train_loss", loss)
-        return loss
 
     def configure_optimizers(self):
         named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
