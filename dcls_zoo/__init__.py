@@ -1,7 +1,10 @@
 """dcls-zoo: Dilated Convolution with Learnable Spacings, layers to model zoo.
 
-Public API (see the README): the layers :class:`Dcls1d`, :class:`Dcls2d`, :class:`Dcls3d`, the
-functional kernel construction in :mod:`dcls_zoo.construct`, and the model zoo (registered in
+Public API (see the README): the layers :class:`Dcls1d`, :class:`Dcls2d`, :class:`Dcls3d` (base
+:class:`DclsConvNd`) and their functional op :func:`dcls_conv` (:mod:`dcls_zoo.functional`), the
+kernel construction in :mod:`dcls_zoo.construct`, the positions service
+(:mod:`dcls_zoo.positions`), the authors' checkpoints (:func:`convert_official_checkpoint`), and
+the model zoo (registered in
 timm on import): :func:`create_model`, :func:`list_models`, :func:`dclsify`; Hub export and
 upload (:mod:`dcls_zoo.hub`): :func:`save_pretrained`, :func:`push_to_hub`.
 """
@@ -16,6 +19,8 @@ from .construct import (
     position_bounds,
 )
 from .backends import set_backend, use_backend
+from .convert import convert_official_checkpoint
+from .functional import dcls_conv, dcls_kernel
 from .fuse import fuse, to_conv
 from .hub import (
     HubUnreachableError,
@@ -26,22 +31,27 @@ from .hub import (
     save_pretrained,
     upload_export,
 )
-from .layers import Dcls1d, Dcls2d, Dcls3d
-from .models import (
-    ConvNeXtDcls,
-    DclsifyReport,
+from .layers import Dcls1d, Dcls2d, Dcls3d, DclsConvNd
+from .models import ConvNeXtDcls, DclsifyReport, create_model, dclsify, list_models
+from .positions import (
     clamp_model_positions_,
-    create_model,
     dcls_layers,
-    dclsify,
-    list_models,
+    position_owners,
+    position_parameters,
     spread_model_positions_,
 )
-from .shared import SharedPositions
+from .shared import SharedPositions, SharedPositionsDict
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "convert_official_checkpoint",
+    "dcls_conv",
+    "dcls_kernel",
+    "DclsConvNd",
+    "SharedPositionsDict",
+    "position_owners",
+    "position_parameters",
     "fuse",
     "set_backend",
     "to_conv",

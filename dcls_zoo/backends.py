@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,12 +43,19 @@ __all__ = [
     "crop_to_reach",
     "crop_to_support",
     "get_backend",
+    "is_compiling",
+    "may_read_host",
     "select_backend",
     "set_backend",
     "use_backend",
 ]
 
 _CONV_BY_DIMS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def is_compiling() -> bool:
+    """Whether ``torch.compile`` or ``torch.export`` is tracing this call (their tensors are fakes)."""
+    return torch.compiler.is_compiling()
 
 # nn.ConvNd's padding modes; "zeros" is applied by the convolution itself when symmetric.
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -145,10 +152,11 @@ class _DepthwiseCpuConv(torch.autograd.Function):
         return output
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: Tensor):
         input, kernel = ctx.saved_tensors
         channels, dims = input.shape[1], kernel.dim() - 2
+        if torch.is_grad_enabled():
+            return _DepthwiseCpuConv._differentiable_backward(ctx, input, kernel, grad_output)
         grad_input = grad_kernel = grad_bias = None
         if ctx.needs_input_grad[0]:
             layout = torch.channels_last if dims == 2 else torch.contiguous_format
@@ -159,7 +167,9 @@ class _DepthwiseCpuConv(torch.autograd.Function):
                 grad_output.contiguous(memory_format=layout), shape_of_input, kernel, None,
                 ctx.stride, ctx.padding, (1,) * dims, False, (0,) * dims, channels, (True, False, False),
             )[0]
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and input.shape[0] == 0:
+            grad_kernel = torch.zeros_like(kernel)  # an empty batch: no group to fold
+        elif ctx.needs_input_grad[1]:
             batch = input.shape[0]
             folded_input = input.contiguous().reshape(1, batch * channels, *input.shape[2:])
             if any(ctx.padding):
@@ -174,6 +184,20 @@ class _DepthwiseCpuConv(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum(dim=[0, *range(2, grad_output.dim())])
         return grad_input, grad_kernel, grad_bias, None, None
+
+    @staticmethod
+    def _differentiable_backward(ctx, input: Tensor, kernel: Tensor, grad_output: Tensor):
+        """create_graph=True (gradient penalties, MAML): the gradients of an autograd re-run of the
+        forward, so that they can be differentiated again."""
+        dims = kernel.dim() - 2
+        bias = torch.zeros(kernel.shape[0], dtype=kernel.dtype, device=kernel.device, requires_grad=True) \
+            if ctx.has_bias else None
+        output = _CONV_BY_DIMS[dims](input, kernel, bias, ctx.stride, ctx.padding, 1, input.shape[1])
+        candidates = (input, kernel, bias)
+        wanted = [t for t, needed in zip(candidates, ctx.needs_input_grad[:3]) if needed and t is not None]
+        grads = iter(torch.autograd.grad(output, wanted, grad_output, create_graph=True, allow_unused=True))
+        result = [next(grads) if needed and t is not None else None for t, needed in zip(candidates, ctx.needs_input_grad[:3])]
+        return (*result, None, None)
 
 
 class _CpuDepthwiseBackend(_Backend):
@@ -284,6 +308,15 @@ def select_backend(call: ConvCall, requested: str = "auto") -> _Backend:
     return next(backend for backend in BACKENDS.values() if backend.supports(call) is None)
 
 
+def may_read_host(tensor: Tensor) -> bool:
+    """Whether this call may read ``tensor``'s values on the host (to crop a kernel, to check it).
+
+    On the CPU that costs nothing. On a GPU it would stall the stream and break CUDA-graph
+    capture, and under ``torch.compile`` it would break the graph, so there it is never done.
+    """
+    return tensor.device.type == "cpu" and not is_compiling()
+
+
 def crop_to_support(
     kernel: Tensor,
     padding: Sequence[tuple[int, int]],
@@ -354,6 +387,7 @@ def convolve(
     groups: int,
     padding_mode: str = "zeros",
     backend: str = "auto",
+    support: Callable[[], Sequence[tuple[int, int]]] | None = None,
 ) -> Tensor:
     """Cross-correlate ``input`` with a dense ``kernel`` (as ``nn.ConvNd`` does).
 
@@ -366,10 +400,43 @@ def convolve(
         groups: number of channel groups.
         padding_mode: one of :data:`PADDING_MODES`.
         backend: ``"auto"`` or a name in :data:`BACKENDS`.
+        support: optional, returns ``(first, last)`` per axis of the window taps that can be
+            non-zero; where :func:`may_read_host` allows it the kernel is cropped to them
+            (:func:`crop_to_support`, exact).
 
     Returns:
         ``(N, C_out, *spatial_out)``.
     """
+    kernel, padding = prepare_kernel(kernel, padding, support)
+    return convolve_prepared(input, kernel, bias, stride, padding, groups, padding_mode, backend)
+
+
+def prepare_kernel(
+    kernel: Tensor,
+    padding: Sequence[tuple[int, int]],
+    support: Callable[[], Sequence[tuple[int, int]]] | None = None,
+) -> tuple[Tensor, tuple[tuple[int, int], ...]]:
+    """The part of :func:`convolve` that depends on the kernel only: the crop to ``support``.
+
+    Layers that reuse one kernel for many calls (the eval cache) keep its result.
+    """
+    padding = tuple(tuple(p) for p in padding)
+    if support is None or not may_read_host(kernel):
+        return kernel, padding
+    return crop_to_support(kernel, padding, support())
+
+
+def convolve_prepared(
+    input: Tensor,
+    kernel: Tensor,
+    bias: Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[tuple[int, int]],
+    groups: int,
+    padding_mode: str = "zeros",
+    backend: str = "auto",
+) -> Tensor:
+    """:func:`convolve` for a kernel already through :func:`prepare_kernel`."""
     if padding_mode == "zeros":
         kernel, padding = crop_to_reach(kernel, input.shape[2:], stride, padding)
     call = ConvCall.describe(input, kernel, groups, stride, padding, padding_mode)

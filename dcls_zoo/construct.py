@@ -25,6 +25,7 @@ batch shape, so models can share positions across layers and build the factors o
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 
@@ -44,12 +45,36 @@ __all__ = [
     "position_bounds",
     "clamp_positions_",
     "init_positions_",
+    "autocast_dtype",
+    "full_precision",
 ]
 
 # Added to each axis' normaliser so that an element whose footprint lies entirely outside the
 # window (possible only for unclamped positions) yields zeros instead of NaN. The official code
 # adds the same constant to the (product) normaliser over the whole window.
 _NORM_EPS = 1e-7
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` runs convolutions in on ``device_type`` now, or ``None`` when
+    it is off there (or the device has no autocast at all, e.g. ``meta``)."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know
+        return None
+    return torch.get_autocast_dtype(device_type) if enabled else None
+
+
+def full_precision(like: Tensor) -> contextlib.AbstractContextManager:
+    """A context in which autocast leaves ``like``'s device alone.
+
+    Kernels are built in the parameters' precision: bf16 has 8 bits of mantissa, too few for
+    positions, and autocast would otherwise run the construction's matmul in bf16.
+    """
+    device_type = like.device.type
+    if autocast_dtype(device_type) is not None:
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _triangle(distance: Tensor, width: Tensor) -> Tensor:
@@ -86,6 +111,14 @@ class Footprints:
         """Per-axis footprints as dense tensors: ``d`` tensors ``(*batch, K, sizes[i])``."""
         raise NotImplementedError
 
+    def graph_node(self) -> torch.autograd.graph.Node | None:
+        """The autograd node the footprints hang on (``None``: they hold no graph of their own).
+
+        A backward pass through it frees the graph, after which the footprints must not be
+        combined with weights again (see :meth:`dcls_zoo.shared.SharedPositions.footprints`).
+        """
+        return None
+
     def support(self) -> tuple[tuple[int, int], ...]:
         """Per axis, the first and last window index that any element reaches.
 
@@ -117,6 +150,9 @@ class DenseFootprints(Footprints):
 
     def dense(self) -> list[Tensor]:
         return self.factors
+
+    def graph_node(self) -> torch.autograd.graph.Node | None:
+        return self.factors[0].grad_fn
 
     def _support(self) -> tuple[tuple[int, int], ...]:
         # A profile's derivatives vanish wherever its value does (gauss underflow, the flat
@@ -171,15 +207,18 @@ class _TapKernel(torch.autograd.Function):
         flat_index = index.movedim(0, -2).reshape(*batch_shape, -1)
         kernel = value.new_zeros(*batch_shape, math.prod(footprints.sizes))
         kernel.scatter_add_(-1, flat_index, value.movedim(0, -2).reshape(*batch_shape, -1))
-        ctx.save_for_backward(weight, flat_index, coefficient)
+        ctx.save_for_backward(weight, positions, flat_index, coefficient)
         ctx.footprints, ctx.positions_shape = footprints, positions.shape
         return kernel.view(*batch_shape, *footprints.sizes)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_kernel: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        weight, flat_index, coefficient = ctx.saved_tensors
+        weight, positions, flat_index, coefficient = ctx.saved_tensors
         footprints = ctx.footprints
+        if torch.is_grad_enabled():
+            # create_graph=True (gradient penalties, MAML): the same arithmetic through autograd,
+            # so the gradients can be differentiated again.
+            return _differentiable_tap_backward(ctx, weight, positions, footprints, grad_kernel)
         batch_shape = flat_index.shape[:-1]
         grad_flat = grad_kernel.reshape(*batch_shape, -1).gather(-1, flat_index)
         grad_corners = grad_flat.view(*batch_shape, coefficient.shape[0], -1).movedim(-2, 0).contiguous()
@@ -194,6 +233,29 @@ class _TapKernel(torch.autograd.Function):
                 per_axis.append((grad_corners * derivative).sum(0) * weight)
             grad_positions = torch.stack(per_axis).sum_to_size(ctx.positions_shape)
         return grad_weight, grad_positions, None
+
+
+def _differentiable_tap_kernel(weight: Tensor, positions: Tensor, footprints: "TapFootprints") -> Tensor:
+    """:class:`_TapKernel`'s forward in autograd ops: the tap values move with the positions at
+    the footprints' slopes (``-1``/``+1``), exactly the hand-written derivative."""
+    moved = (positions - positions.detach()).unsqueeze(1) * footprints.slopes  # (d, 2, *batch, K)
+    coefficient = _outer((footprints.values + moved).unbind(0))
+    value = coefficient * weight
+    batch_shape = value.shape[1:-1]
+    flat_index = footprints.corner_index.expand_as(value).movedim(0, -2).reshape(*batch_shape, -1)
+    kernel = value.new_zeros(*batch_shape, math.prod(footprints.sizes))
+    kernel = kernel.scatter_add(-1, flat_index, value.movedim(0, -2).reshape(*batch_shape, -1))
+    return kernel.view(*batch_shape, *footprints.sizes)
+
+
+def _differentiable_tap_backward(ctx, weight: Tensor, positions: Tensor, footprints: "TapFootprints",
+                                 grad_kernel: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+    wanted = [t for t, needed in zip((weight, positions), ctx.needs_input_grad[:2]) if needed]
+    kernel = _differentiable_tap_kernel(weight, positions, footprints)
+    grads = iter(torch.autograd.grad(kernel, wanted, grad_kernel, create_graph=True, allow_unused=True))
+    grad_weight = next(grads) if ctx.needs_input_grad[0] else None
+    grad_positions = next(grads) if ctx.needs_input_grad[1] else None
+    return grad_weight, grad_positions, None
 
 
 class TapFootprints(Footprints):
@@ -299,7 +361,9 @@ class _BilinearInterpolation(Interpolation):
             last = torch.tensor([s - 1 for s in sizes], dtype=positions.dtype, device=positions.device)
             last = last.view_as(centres)
             index = positions + centres
-            lower = torch.minimum(index.floor(), last - 1).clamp_(min=0)
+            # nan_to_num: a NaN position must not become an out-of-range index; its values stay
+            # NaN, so the kernel shows it (the layers refuse non-finite positions before this).
+            lower = torch.minimum(index.floor(), last - 1).clamp_(min=0).nan_to_num_(0.0)
             movable = (last > 0).to(positions.dtype)  # size-1 axes have one tap and no gradient
             fraction = (index - lower).clamp_(0.0, 1.0).mul_(movable)
             taps = torch.stack((lower, torch.minimum(lower + 1, last)), dim=1).long()
@@ -412,7 +476,8 @@ def axis_footprints(
         raise ValueError(
             f"positions have {positions.shape[0]} axes, dilated_kernel_size has {len(dilated_kernel_size)}"
         )
-    return resolve_interpolation(version).footprints(positions, sigmas, tuple(dilated_kernel_size))
+    with full_precision(positions):
+        return resolve_interpolation(version).footprints(positions, sigmas, tuple(dilated_kernel_size))
 
 
 def kernel_from_footprints(weight: Tensor, footprints: Footprints) -> Tensor:
@@ -424,9 +489,10 @@ def kernel_from_footprints(weight: Tensor, footprints: Footprints) -> Tensor:
             ``weight``'s (positions shared by a stage may have size-1 batch dimensions).
 
     Returns:
-        ``(*batch, *sizes)``.
+        ``(*batch, *sizes)``, in ``weight``'s dtype also under autocast.
     """
-    return footprints.kernel(weight)
+    with full_precision(weight):
+        return footprints.kernel(weight)
 
 
 def construct_kernel(

@@ -38,7 +38,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .models.dclsify import _role_in_stage, stage_of
+from .positions import shared_group_key
+from .shared import SHARED_ATTRIBUTE
 
 __all__ = [
     "OFFICIAL_VERSIONS",
@@ -88,7 +89,6 @@ _FACEBOOK_MARKERS = re.compile(r"^downsample_layers\.|\.dwconv\.|\.pwconv\d\.|^n
 
 _POSITION_NAMES = ("P", "SIG")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-_SHARED = "dcls_shared"
 # Per-block copies of a shared position tensor may differ by at most this (they are one tensor in
 # the authors' model, so real files hold identical copies; the slack only absorbs re-saving in
 # another precision).
@@ -233,16 +233,17 @@ def _position_group(key: str) -> tuple[str, str] | None:
     """``(shared key, block)`` for a per-block position key, e.g.
     ``stages.2.blocks.5.conv_dw.P`` -> ``("stages.2.dcls_shared.conv_dw.P", "stages.2")``.
 
-    The group naming is :func:`~dcls_zoo.models.dclsify.dclsify`'s (stage prefix + role), so any
+    The group naming is :func:`~dcls_zoo.positions.shared_group_key`'s (stage prefix + role), as dclsify's, so any
     model it converts with ``share="stage"`` is covered, not only ConvNeXt.
     """
     module_path, _, name = key.rpartition(".")
-    if name not in _POSITION_NAMES or f".{_SHARED}." in f".{module_path}.":
+    if name not in _POSITION_NAMES or f".{SHARED_ATTRIBUTE}." in f".{module_path}.":
         return None
-    stage = stage_of(module_path)
-    if stage is None or module_path == stage:
+    group = shared_group_key(module_path)
+    if group is None or module_path == group[0]:
         return None
-    return f"{stage}.{_SHARED}.{_role_in_stage(module_path, stage)}.{name}", stage
+    stage, role = group
+    return f"{stage}.{SHARED_ATTRIBUTE}.{role}.{name}", stage
 
 
 def _collapse_shared_positions(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:

@@ -31,6 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .positions import dcls_layers, position_owners
+from .shared import SharedPositions
+
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
@@ -108,8 +111,6 @@ class PushResult:
 
 def _position_groups(model: nn.Module) -> list[tuple[str, torch.Tensor, tuple[int, ...]]]:
     """``(name, P, learned window)`` for every position tensor of ``model``, each once."""
-    from .models.dclsify import position_owners
-
     return [(h.path, h.owner.P, tuple(h.owner.learned_kernel_size)) for h in position_owners(model)]
 
 
@@ -125,10 +126,7 @@ def dcls_settings(model: nn.Module) -> dict[str, Any]:
     ``position_groups`` (count), and from ``model.dclsify_report`` when present
     ``converted_parameters`` (``"before -> after"``) and ``skipped`` (count).
     """
-    from .layers import _DclsNd
-    from .shared import SharedPositions
-
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, _DclsNd)]
+    layers = dcls_layers(model)
     if not layers:
         return {}
     shared = [name for name, m in model.named_modules() if isinstance(m, SharedPositions)]

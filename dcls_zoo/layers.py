@@ -14,65 +14,30 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
-from .backends import PADDING_MODES, convolve, crop_to_support
 from .backends import _check_name as _check_backend
-from .construct import (
-    Footprints,
-    Interpolation,
-    axis_footprints,
-    clamp_positions_,
-    init_positions_,
-    kernel_from_footprints,
-    resolve_interpolation,
-)
+from .backends import prepare_kernel
+from .construct import Footprints, Interpolation, axis_footprints, clamp_positions_, init_positions_
+from .functional import KernelCache, as_int, as_int_tuple, dcls_conv, dcls_geometry, dcls_kernel
+from .scripting import dcls_conv_scripted
 from .shared import SharedPositions
 
-__all__ = ["Dcls1d", "Dcls2d", "Dcls3d"]
+__all__ = ["DclsConvNd", "Dcls1d", "Dcls2d", "Dcls3d"]
+
+# A leaf of torch.fx graphs: symbolic tracing records one dcls_conv call per layer.
+torch.fx.wrap("dcls_conv")
 
 
-# torch.compiler.is_compiling appeared in torch 2.3; older versions cannot be compiling through it.
-_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+_CONV_BY_DIMS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 
 
-def _positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+def _is_fx_tracing() -> bool:
+    return torch.fx._symbolic_trace.is_fx_symbolic_tracing()
 
 
-def _int_tuple(value: object, dims: int, name: str, minimum: int = 1) -> tuple[int, ...]:
-    """``value`` as a ``dims``-tuple of ints ``>= minimum`` (an int is repeated)."""
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        if len(value) != dims:
-            raise ValueError(f"{name} must have {dims} entries (one per spatial axis), got {value!r}")
-        return tuple(_positive_int(v, name, minimum) for v in value)
-    return (_positive_int(value, name, minimum),) * dims
-
-
-def _resolve_padding(
-    padding: int | Sequence[int] | str,
-    window: Sequence[int],
-    stride: Sequence[int],
-) -> tuple[tuple[int, int], ...]:
-    """``(before, after)`` per axis for an int/tuple, ``"same"`` or ``"valid"`` padding."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return tuple((0, 0) for _ in window)
-        if padding == "same":
-            if any(s != 1 for s in stride):
-                raise ValueError(f"padding='same' needs stride 1, got stride={tuple(stride)}")
-            # As nn.ConvNd: the extra pixel of an even window goes after.
-            return tuple(((s - 1) // 2, (s - 1) - (s - 1) // 2) for s in window)
-        raise ValueError(f"padding must be an int, a tuple, 'same' or 'valid', got {padding!r}")
-    amounts = _int_tuple(padding, len(window), "padding", minimum=0)
-    return tuple((p, p) for p in amounts)
-
-
-class _DclsNd(nn.Module):
+class DclsConvNd(nn.Module):
     """Base of :class:`Dcls1d`, :class:`Dcls2d` and :class:`Dcls3d` (``spatial_dims`` axes).
 
     Parameters (official names and shapes, with ``D`` the dense sizes of the axes without
@@ -82,9 +47,15 @@ class _DclsNd(nn.Module):
         SIG: same shape as ``P`` (triangle and gauss only), effective width
             ``|SIG| + 1`` (triangle) or ``|SIG| + 0.27`` (gauss)
         bias: ``(C_out,)`` or ``None``
+
+    The forward is one :func:`~dcls_zoo.functional.dcls_conv` call. Where no gradient can reach
+    the parameters (``no_grad``, ``inference_mode``, frozen parameters) the kernel is built once
+    and reused while the parameters are exactly the same (:class:`~dcls_zoo.functional.KernelCache`).
     """
 
     spatial_dims: int
+    # TorchScript compiles properties; this one reads Python state the scripted layer does not need.
+    __jit_unused_properties__ = ["shared_positions"]
 
     def __init__(
         self,
@@ -106,33 +77,30 @@ class _DclsNd(nn.Module):
     ) -> None:
         super().__init__()
         dims = self.spatial_dims
-        self.in_channels = _positive_int(in_channels, "in_channels")
-        self.out_channels = _positive_int(out_channels, "out_channels")
-        self.groups = _positive_int(groups, "groups")
-        for name, channels in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if channels % groups:
-                raise ValueError(f"{name}={channels} is not divisible by groups={groups}")
-        self.kernel_count = _positive_int(kernel_count, "kernel_count")
-        self.dilated_kernel_size = _int_tuple(dilated_kernel_size, dims, "dilated_kernel_size")
-        self.stride = _int_tuple(stride, dims, "stride")
-        self.padding = padding if isinstance(padding, str) else _int_tuple(padding, dims, "padding", 0)
-        self._padding_pairs = _resolve_padding(padding, self.dilated_kernel_size, self.stride)
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        self.in_channels = as_int(in_channels, "in_channels")
+        self.out_channels = as_int(out_channels, "out_channels")
+        self.groups = as_int(groups, "groups")
+        for name, channels in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
+            if channels % self.groups:
+                raise ValueError(f"{name}={channels} is not divisible by groups={self.groups}")
+        self.kernel_count = as_int(kernel_count, "kernel_count")
+        geometry = dcls_geometry(dims, dilated_kernel_size, stride, padding, self.groups, padding_mode, version,
+                                 learned_axes)
+        self.dilated_kernel_size = geometry.window
+        self.stride = geometry.stride
+        self.padding = padding if isinstance(padding, str) else as_int_tuple(padding, dims, "padding", 0)
+        self._padding_pairs = geometry.padding
         self.padding_mode = padding_mode
         self.backend = _check_backend(backend)
-        self.interpolation = resolve_interpolation(version)
+        self.interpolation = geometry.interpolation
         self.version = self.interpolation.name
-        self.learned_axes = self._check_learned_axes(learned_axes)
-        dense_axes = [a for a in range(dims) if a not in self.learned_axes]
-        self.dense_kernel_size = tuple(self.dilated_kernel_size[a] for a in dense_axes)
-        self.learned_kernel_size = tuple(self.dilated_kernel_size[a] for a in self.learned_axes)
-        # kernel_from_footprints yields (C_out, C_in/g, *dense, *learned): permute to axis order.
-        built_order = dense_axes + list(self.learned_axes)
-        self._kernel_permutation = (0, 1, *(2 + built_order.index(a) for a in range(dims)))
+        self.learned_axes = geometry.learned_axes
+        self.dense_kernel_size = geometry.dense_window
+        self.learned_kernel_size = geometry.learned_window
+        self._kernel_cache = KernelCache()
 
         factory = {"device": device, "dtype": dtype}
-        element_shape = (out_channels, in_channels // groups, *self.dense_kernel_size, kernel_count)
+        element_shape = (self.out_channels, self.in_channels // self.groups, *self.dense_kernel_size, self.kernel_count)
         self.weight = nn.Parameter(torch.empty(element_shape, **factory))
         if shared_positions is not None:
             self._check_shared(shared_positions, element_shape)
@@ -145,25 +113,10 @@ class _DclsNd(nn.Module):
             else:
                 self.register_parameter("SIG", None)
         if bias:
-            self.bias = nn.Parameter(torch.empty(out_channels, **factory))
+            self.bias = nn.Parameter(torch.empty(self.out_channels, **factory))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
-
-    def _check_learned_axes(self, learned_axes: Sequence[int] | None) -> tuple[int, ...]:
-        dims = self.spatial_dims
-        if learned_axes is None:
-            return tuple(range(dims))
-        if isinstance(learned_axes, int) or not isinstance(learned_axes, Sequence):
-            raise TypeError(f"learned_axes must be a sequence of axis indices, got {learned_axes!r}")
-        axes = tuple(sorted(learned_axes))
-        if not axes or len(set(axes)) != len(axes) or any(
-            isinstance(a, bool) or not isinstance(a, int) or not 0 <= a < dims for a in axes
-        ):
-            raise ValueError(
-                f"learned_axes must be distinct kernel axes in [0, {dims}), got {tuple(learned_axes)!r}"
-            )
-        return axes
 
     def _check_shared(self, shared: SharedPositions, element_shape: tuple[int, ...]) -> None:
         if not isinstance(shared, SharedPositions):
@@ -213,84 +166,71 @@ class _DclsNd(nn.Module):
         clamp_positions_(self.P, self.learned_kernel_size)
 
     def footprints(self) -> Footprints:
-        """The elements' per-axis footprints (built once per owner forward when shared)."""
+        """The elements' per-axis footprints (built once per forward when positions are shared)."""
         if self.shared_positions is not None:
-            return self.shared_positions.footprints()
+            return self.shared_positions.footprints(self)
         return axis_footprints(self.P, self.SIG, self.learned_kernel_size, self.interpolation)
 
-    def kernel(self) -> Tensor:
-        """The dense kernel ``(C_out, C_in / groups, *dilated_kernel_size)``."""
-        return self._kernel_from(self.footprints())
-
-    def _kernel_from(self, footprints: Footprints) -> Tensor:
-        return kernel_from_footprints(self.weight, footprints).permute(self._kernel_permutation)
+    def kernel(self, footprints: Footprints | None = None) -> Tensor:
+        """The dense kernel ``(C_out, C_in / groups, *dilated_kernel_size)``, differentiable."""
+        return dcls_kernel(self.weight, self.P, self.SIG, self.dilated_kernel_size, self.interpolation,
+                           self.learned_axes, footprints=footprints if footprints is not None else self.footprints())
 
     def _kernel_and_padding(self) -> tuple[Tensor, tuple[tuple[int, int], ...]]:
-        """The kernel to convolve with and its ``(before, after)`` padding per axis.
-
-        On the CPU the kernel is cropped to the box its elements reach (exact, see
-        :func:`~dcls_zoo.backends.crop_to_support`): freshly initialised positions
-        (``N(0, 0.5)``) reach about 7x7 of a 17x17 window. Finding the box reads the positions
-        on the host, which on a GPU would stall the stream and break graph capture, so GPUs and
-        ``torch.compile`` keep the whole window.
-        """
+        """The kernel as the backend convolves it (on the CPU cropped to the taps the elements
+        reach, :func:`~dcls_zoo.backends.crop_to_support`) and its ``(before, after)`` padding."""
         footprints = self.footprints()
-        kernel = self._kernel_from(footprints)
-        if kernel.device.type != "cpu" or _is_compiling():
-            return kernel, self._padding_pairs
-        learned = dict(zip(self.learned_axes, footprints.support()))
-        support = [learned.get(axis, (0, size - 1)) for axis, size in enumerate(self.dilated_kernel_size)]
-        return crop_to_support(kernel, self._padding_pairs, support)
+        geometry = dcls_geometry(self.spatial_dims, self.dilated_kernel_size, self.stride, self.padding, self.groups,
+                                 self.padding_mode, self.interpolation, self.learned_axes)
+        return prepare_kernel(self.kernel(footprints), geometry.padding, lambda: geometry.support(footprints))
 
-    def _kernel_parameters(self) -> tuple[Tensor, ...]:
-        return tuple(t for t in (self.weight, self.P, self.SIG) if t is not None)
-
-    def _inference_kernel(self) -> tuple[Tensor, tuple[tuple[int, int], ...]] | None:
-        """:meth:`_kernel_and_padding`, built once and reused while no parameter changes, when no
-        gradient can flow to the parameters (``torch.no_grad``/``inference_mode``, or eval mode
-        with frozen parameters); ``None`` when the kernel must be built with autograd."""
-        parameters = self._kernel_parameters()
-        if torch.is_grad_enabled() and (self.training or any(p.requires_grad for p in parameters)):
-            return None
-        # In-place updates (optimizer steps, load_state_dict, clamping) bump _version; .to() and
-        # .data assignment change the storage.
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parameters)
-        cached = self.__dict__.get("_kernel_cache")
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                cached = (key, self._kernel_and_padding())
-            self.__dict__["_kernel_cache"] = cached
-        return cached[1]
-
-    def _check_input(self, input: Tensor) -> None:
-        dims = self.spatial_dims
-        name = type(self).__name__
-        if not isinstance(input, Tensor):
-            raise TypeError(f"{name} expects a Tensor input, got {type(input).__name__}")
-        if input.dim() not in (dims + 1, dims + 2):
-            raise ValueError(
-                f"{name} expects a {dims + 2}D (batched) or {dims + 1}D (unbatched) input, "
-                f"got shape {tuple(input.shape)}"
-            )
-        channels = input.shape[-dims - 1]
-        if channels != self.in_channels:
-            raise ValueError(
-                f"{name} has in_channels={self.in_channels}, got input with {channels} channels "
-                f"(shape {tuple(input.shape)})"
-            )
-        if input.dtype != self.weight.dtype:
-            raise TypeError(f"{name} input dtype {input.dtype} does not match its parameters' {self.weight.dtype}")
-        if input.device != self.weight.device:
-            raise ValueError(f"{name} input is on {input.device}, its parameters on {self.weight.device}")
+    def __prepare_scriptable__(self) -> DclsConvNd:
+        # torch.jit.script calls this first: plain attributes the compiled forward reads (the
+        # positions of a shared group live outside this module, so TorchScript cannot find them).
+        self.__dict__.update(
+            _script_P=self.P,
+            _script_SIG=self.SIG,
+            _script_window=list(self.dilated_kernel_size),
+            _script_stride=list(self.stride),
+            _script_padding=[amount for pair in self._padding_pairs for amount in pair],
+            _script_learned_axes=list(self.learned_axes),
+        )
+        return self
 
     def forward(self, input: Tensor) -> Tensor:
         """``(N, C_in, *spatial)`` or ``(C_in, *spatial)`` -> ``(N, C_out, *spatial_out)``."""
-        self._check_input(input)
-        unbatched = input.dim() == self.spatial_dims + 1
-        batch = input.unsqueeze(0) if unbatched else input
-        kernel, padding = self._inference_kernel() or self._kernel_and_padding()
-        output = convolve(batch, kernel, self.bias, self.stride, padding, self.groups, self.padding_mode, self.backend)
-        return output.squeeze(0) if unbatched else output
+        if torch.jit.is_scripting():
+            return dcls_conv_scripted(
+                input, self.weight, self._script_P, self._script_SIG, self.bias, self._script_window,
+                self._script_stride, self._script_padding, self.groups, self.padding_mode, self.version,
+                self._script_learned_axes, self.backend,
+            )
+        if _is_fx_tracing():  # graph arguments only: no Python objects, no cache
+            return dcls_conv(
+                input, self.weight, self.P, self.SIG, self.dilated_kernel_size, self.bias, self.stride, self.padding,
+                self.groups, self.padding_mode, self.version, self.learned_axes, self.backend,
+            )
+        return dcls_conv(
+            input, self.weight, self.P, self.SIG, self.dilated_kernel_size, self.bias, self.stride, self.padding,
+            self.groups, self.padding_mode, self.interpolation, self.learned_axes, self.backend,
+            footprints=self.footprints if self.shared_positions is not None else None,
+            cache=self.__dict__.setdefault("_kernel_cache", KernelCache()),
+        )
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """The equivalent plain ``nn.ConvNd`` holding the dense kernel (same padding, stride,
+        groups, bias, padding mode, device, dtype and mode); timm's ``reparameterize_model``
+        calls this."""
+        conv = _CONV_BY_DIMS[self.spatial_dims](
+            self.in_channels, self.out_channels, self.dilated_kernel_size, stride=self.stride, padding=self.padding,
+            groups=self.groups, bias=self.bias is not None, padding_mode=self.padding_mode,
+            device=self.weight.device, dtype=self.weight.dtype,
+        )
+        conv.weight.copy_(self.kernel())
+        if self.bias is not None:
+            conv.bias.copy_(self.bias)
+        return conv.train(self.training)
 
     def extra_repr(self) -> str:
         text = (
@@ -316,7 +256,7 @@ class _DclsNd(nn.Module):
         return text
 
 
-class Dcls1d(_DclsNd):
+class Dcls1d(DclsConvNd):
     """1D DCLS convolution (e.g. learnable delays), input ``(N, C_in, L)``.
 
     Args:
@@ -335,7 +275,7 @@ class Dcls1d(_DclsNd):
     spatial_dims = 1
 
 
-class Dcls2d(_DclsNd):
+class Dcls2d(DclsConvNd):
     """2D DCLS convolution, input ``(N, C_in, H, W)``; ``P[0]`` is the row (H) position.
 
     Arguments as :class:`Dcls1d`, with pairs for the per-axis ones. ``learned_axes=(1,)`` with
@@ -346,7 +286,7 @@ class Dcls2d(_DclsNd):
     spatial_dims = 2
 
 
-class Dcls3d(_DclsNd):
+class Dcls3d(DclsConvNd):
     """3D DCLS convolution, input ``(N, C_in, D, H, W)``; ``P[i]`` along kernel axis ``i``.
 
     Arguments as :class:`Dcls1d`, with triples for the per-axis ones. ``learned_axes=(0,)`` with
@@ -355,3 +295,7 @@ class Dcls3d(_DclsNd):
     """
 
     spatial_dims = 3
+
+
+# The name earlier versions exported; kept for code that imports it.
+_DclsNd = DclsConvNd

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from .positions import position_owners
+
 __all__ = ["repulsive_loss", "repulsive_loss_of"]
 
 
@@ -52,8 +54,6 @@ def repulsive_loss(model_or_positions: nn.Module | Iterable[Tensor], threshold: 
     Returns a scalar tensor (0 when there are no positions, e.g. a plain ConvNeXt).
     """
     if isinstance(model_or_positions, nn.Module):
-        from .models.dclsify import position_owners
-
         tensors = [holder.owner.P for holder in position_owners(model_or_positions)]
     else:
         tensors = list(model_or_positions)

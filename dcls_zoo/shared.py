@@ -3,20 +3,25 @@
 A :class:`SharedPositions` module owns ``P`` (and ``SIG``) once, so ``state_dict()`` holds one
 tensor per group (safetensors and strict loading work unchanged) and the optimizer updates it once
 per step; autograd sums the gradients of every layer that uses it. The layers keep a plain
-reference to it, outside the module tree.
+reference to it, outside the module tree. The groups of a model live in a
+:class:`SharedPositionsDict` registered on their owner module under :data:`SHARED_ATTRIBUTE`.
 
-The per-axis footprints are built once per forward of the group's owner module: a forward
-pre-hook on the owner opens a scope in which the first layer's footprints are reused by the
-others, and a forward hook closes it (so no graph outlives the forward that built it).
+The per-axis footprints are built once per forward of the group: the first layer to ask builds
+them and the others reuse them, until a layer asks a second time (the next forward), the
+positions change, the grad mode changes or a backward pass has gone through them (and never
+inside activation checkpointing, whose recomputation must repeat the forward exactly). No hook
+is needed, so scripted, traced and exported models see plain modules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
+from .backends import is_compiling
 from .construct import (
     Footprints,
     Interpolation,
@@ -26,7 +31,41 @@ from .construct import (
     resolve_interpolation,
 )
 
-__all__ = ["SharedPositions"]
+__all__ = ["SHARED_ATTRIBUTE", "SharedPositions", "SharedPositionsDict"]
+
+
+def _saving_through_hooks() -> bool:
+    """Whether saved-tensor hooks are active (activation checkpointing, CPU offloading).
+
+    A checkpointed block is recomputed during backward and must save the same tensors as in
+    its forward, so inside one no footprints are reused: every layer builds its own.
+    """
+    return torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+
+# The attribute under which a model keeps its shared position groups: ``<owner>.dcls_shared.<role>``.
+SHARED_ATTRIBUTE = "dcls_shared"
+
+class _CachedFootprints(NamedTuple):
+    footprints: Footprints
+    users: set[int]  # id() of the layers that took them
+    key: tuple  # what they were built from and under: parameter versions, grad and inference mode
+
+
+class _FootprintCache:
+    """Holds the group's last footprints; copies and pickles start empty (they may hold a graph)."""
+
+    def __init__(self) -> None:
+        self.entry: _CachedFootprints | None = None
+
+    def forget(self, footprints: Footprints) -> None:
+        if self.entry is not None and self.entry.footprints is footprints:
+            self.entry = None
+
+    def __deepcopy__(self, memo: dict) -> _FootprintCache:
+        return _FootprintCache()
+
+    def __getstate__(self) -> dict:
+        return {"entry": None}
 
 
 class SharedPositions(nn.Module):
@@ -56,8 +95,7 @@ class SharedPositions(nn.Module):
             self.SIG = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
         else:
             self.register_parameter("SIG", None)
-        self._scope_open = False
-        self._cached: Footprints | None = None
+        self._footprint_cache = _FootprintCache()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -69,36 +107,54 @@ class SharedPositions(nn.Module):
         """Clamp ``P`` in place so every element's centre lies inside the window."""
         clamp_positions_(self.P, self.learned_kernel_size)
 
-    def footprints(self) -> Footprints:
-        """The footprints of ``P`` (and ``SIG``), built once per owner forward."""
-        if self._cached is not None:
-            return self._cached
-        footprints = axis_footprints(self.P, self.SIG, self.learned_kernel_size, self.interpolation)
-        if self._scope_open:
-            self._cached = footprints
+    def footprints(self, user: nn.Module | None = None) -> Footprints:
+        """The footprints of ``P`` (and ``SIG``), built once per forward of the group.
+
+        Args:
+            user: the layer asking (``None``: build afresh). A layer that asks again marks a
+                new forward, so the footprints are rebuilt.
+        """
+        if user is None or is_compiling() or (torch.is_grad_enabled() and _saving_through_hooks()):
+            return self._build()
+        key = (
+            self.P._version, self.P.data_ptr(), None if self.SIG is None else (self.SIG._version, self.SIG.data_ptr()),
+            torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
+        )
+        cache = self._footprint_cache
+        entry = cache.entry
+        if entry is not None and entry.key == key and id(user) not in entry.users:
+            entry.users.add(id(user))
+            return entry.footprints
+        footprints = self._build()
+        cache.entry = _CachedFootprints(footprints, {id(user)}, key)
+        graph = footprints.graph_node()
+        if graph is not None:
+            # Once a backward pass has run through them their graph is freed: never hand them out again.
+            graph.register_prehook(lambda grad_outputs, cache=cache, footprints=footprints: cache.forget(footprints))
         return footprints
 
-    def attach_to(self, owner: nn.Module) -> None:
-        """Build the footprints once per ``owner`` forward (hooks survive ``copy.deepcopy``)."""
-        owner.register_forward_pre_hook(self._open_scope)
-        owner.register_forward_hook(self._close_scope, always_call=True)
-
-    def detach_from(self, owner: nn.Module) -> None:
-        """Remove the hooks :meth:`attach_to` put on ``owner`` (also on a deep copy of it)."""
-        for hooks in (owner._forward_pre_hooks, owner._forward_hooks):
-            for key, hook in list(hooks.items()):
-                if getattr(hook, "__self__", None) is self:
-                    del hooks[key]
-                    owner._forward_hooks_always_called.pop(key, None)
-
-    def _open_scope(self, module: nn.Module, args: tuple) -> None:
-        self._scope_open, self._cached = True, None
-
-    def _close_scope(self, module: nn.Module, args: tuple, output: object) -> None:
-        self._scope_open, self._cached = False, None
+    def _build(self) -> Footprints:
+        return axis_footprints(self.P, self.SIG, self.learned_kernel_size, self.interpolation)
 
     def extra_repr(self) -> str:
         return (
             f"positions={tuple(self.P.shape)}, dilated_kernel_size={self.learned_kernel_size}, "
             f"version={self.interpolation.name!r}"
         )
+
+
+class SharedPositionsDict(nn.ModuleDict):
+    """The container registered on an owner module as :data:`SHARED_ATTRIBUTE`: role -> :class:`SharedPositions`.
+
+    Its forward is the identity because an owner is often an ``nn.Sequential`` (timm's ResNet
+    ``layer1``...), whose forward calls every child in order, this container included; a plain
+    ``nn.ModuleDict`` there raises ``NotImplementedError``. As the last child it passes the last
+    block's output through unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def fuse(self) -> nn.Module:
+        """After the layers are fused the positions are no longer used (``timm.utils.reparameterize_model``)."""
+        return nn.Identity()

@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import Callback, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from dcls_zoo.models.dclsify import clamp_model_positions_, dcls_layers
+from dcls_zoo.positions import clamp_model_positions_, dcls_layers
 
 from .position_monitor import PositionGroup, PositionMonitor, network_of, position_groups
 

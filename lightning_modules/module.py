@@ -22,11 +22,11 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 import dcls_zoo
-from dcls_zoo.models.dclsify import position_owners
+from dcls_zoo.positions import position_owners
 from dcls_zoo.regularizers import repulsive_loss
 
 from .checkpoints import load_pretrained_weights
-from .optim import WarmupCosine, parameter_groups, scale_group_learning_rates
+from .optim import WarmupCosine, parameter_groups, warmup_cosine_scheduler
 
 __all__ = ["ImageClassifier", "NonFiniteLossError"]
 
@@ -237,11 +237,10 @@ class ImageClassifier(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         groups = parameter_groups(self.model, self.hparams.position_lr_scale)
         optimizer = self._injected.optimizer(groups)
-        scale_group_learning_rates(optimizer)
         total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup_steps = min(round(self.hparams.warmup_epochs * self._steps_per_epoch(total_steps)), total_steps)
         schedule = WarmupCosine(warmup_steps, total_steps, self.hparams.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = warmup_cosine_scheduler(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     def _steps_per_epoch(self, total_steps: int) -> float:

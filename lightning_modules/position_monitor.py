@@ -33,8 +33,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from dcls_zoo.construct import position_bounds
-from dcls_zoo.layers import _DclsNd
-from dcls_zoo.models.dclsify import position_owners, stage_of
+from dcls_zoo.layers import DclsConvNd
+from dcls_zoo.positions import position_owners, stage_of
 from dcls_zoo.shared import SharedPositions
 
 __all__ = [
@@ -76,8 +76,8 @@ class PositionGroup:
 
     name: str
     path: str
-    owner: SharedPositions | _DclsNd
-    layers: tuple[_DclsNd, ...]
+    owner: SharedPositions | DclsConvNd
+    layers: tuple[DclsConvNd, ...]
 
     @property
     def P(self) -> torch.Tensor:

@@ -14,7 +14,7 @@ from torch import nn
 import dcls_zoo.layers
 import dcls_zoo.shared
 from dcls_zoo import position_bounds
-from dcls_zoo.layers import Dcls2d, _DclsNd
+from dcls_zoo.layers import Dcls2d, DclsConvNd
 from dcls_zoo.models import clamp_model_positions_, dclsify, stage_of
 from dcls_zoo.shared import SharedPositions
 
@@ -92,7 +92,7 @@ def test_converts_architecture(name: str, create_kwargs: dict, dclsify_kwargs: d
     report = dclsify(model, **dclsify_kwargs)
 
     assert sorted(c.path for c in report.converted) == sorted(expected)
-    assert all(isinstance(model.get_submodule(path), _DclsNd) for path in expected)
+    assert all(isinstance(model.get_submodule(path), DclsConvNd) for path in expected)
     assert not report.skipped
     params_after = _param_count(model)
     assert 0.97 * params_before <= params_after <= params_before
@@ -197,7 +197,7 @@ def test_custom_share_callable(monkeypatch):
     for block in model.stages[2].blocks:
         assert block.conv_dw.P is model.dcls_shared["stages_2"].P
     shared_calls = _count_footprints(monkeypatch, dcls_zoo.shared)
-    own_calls = _count_footprints(monkeypatch, dcls_zoo.layers)
+    own_calls = _count_footprints(monkeypatch, dcls_zoo.functional)
     model(torch.randn(1, 3, 64, 64))  # with autograd: the layers' no-grad kernel cache stays out of the count
     # the root owns the groups, so each is built once per model forward; stage 0 once per layer
     assert (len(shared_calls), len(own_calls)) == (3, 2)
@@ -227,8 +227,9 @@ def test_footprints_built_once_per_stage_forward(monkeypatch):
     assert len(calls) == 4
     model.eval()(torch.randn(1, 3, 32, 32))
     assert len(calls) == 8
-    # the scope closes with the stage: no footprints (and no graph) outlive the forward
-    assert all(m._cached is None and not m._scope_open for m in model.modules() if isinstance(m, SharedPositions))
+    # bilinear footprints hold no graph of their own, so keeping them past the forward keeps no graph alive
+    assert all(m._footprint_cache.entry.footprints.graph_node() is None
+               for m in model.modules() if isinstance(m, SharedPositions))
     # a layer called on its own (outside its stage's forward) builds its own footprints
     model.stages[0].blocks[0].conv_dw(torch.randn(1, 40, 8, 8))
     assert len(calls) == 9

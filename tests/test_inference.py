@@ -17,13 +17,13 @@ def counted_layer(monkeypatch):
     """A Dcls2d whose kernel builds are counted."""
     layer = Dcls2d(4, 4, 5, 9, padding="same", groups=4, version="gauss")
     builds = []
-    original = layer._kernel_and_padding
+    original = dcls_zoo.functional._kernel
 
-    def counting_kernel():
+    def counting_kernel(*args, **kwargs):
         builds.append(1)
-        return original()
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(layer, "_kernel_and_padding", counting_kernel)
+    monkeypatch.setattr(dcls_zoo.functional, "_kernel", counting_kernel)
     return layer, builds
 
 

@@ -29,7 +29,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.convnext import ConvNeXt
 from torch import nn
 
-from ..layers import _DclsNd
+from ..layers import DclsConvNd
 from ..pretrained import PRETRAINED_WEIGHTS, build_model_with_weights
 from .dclsify import DclsifyReport, dclsify
 
@@ -120,7 +120,7 @@ class ConvNeXtDcls(ConvNeXt):
     def _init_dcls_weights(self) -> None:
         # As ConvNeXt-dcls (and timm's ConvNeXt for its convs): trunc-normal(0.02) weights, zero bias.
         for module in self.modules():
-            if isinstance(module, _DclsNd):
+            if isinstance(module, DclsConvNd):
                 self._init_plain(module)
 
 

@@ -22,63 +22,28 @@ move along the width only (``learned_axes=(1,)``), and each of its elements cost
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
-import torch
 from torch import nn
 
-from ..construct import position_bounds, resolve_interpolation
-from ..layers import Dcls1d, Dcls2d, Dcls3d, _DclsNd
-from ..shared import SharedPositions
+from ..construct import resolve_interpolation
+from ..layers import Dcls1d, Dcls2d, Dcls3d, DclsConvNd
+# The positions service lived here before dcls_zoo.positions; these names stay importable from here.
+from ..positions import (  # noqa: F401
+    PositionOwner,
+    clamp_model_positions_,
+    dcls_layers,
+    position_owners,
+    shared_group_key,
+    spread_model_positions_,
+    stage_of,
+)
+from ..shared import SHARED_ATTRIBUTE, SharedPositions, SharedPositionsDict
 
-__all__ = [
-    "dclsify",
-    "DclsifyReport",
-    "Conversion",
-    "SharedPositionsDict",
-    "stage_of",
-    "clamp_model_positions_",
-    "spread_model_positions_",
-    "dcls_layers",
-    "PositionOwner",
-    "position_owners",
-]
+__all__ = ["dclsify", "DclsifyReport", "Conversion"]
 
-_DCLS_BY_CONV: dict[type[nn.Module], type[_DclsNd]] = {nn.Conv1d: Dcls1d, nn.Conv2d: Dcls2d, nn.Conv3d: Dcls3d}
-
-# A stage is the first path component that names one: "stages.2", "stage2", "layer3", "levels.1".
-_STAGE_PATTERN = re.compile(r"^(.*?(?:^|\.)(?:stages?|layers?|levels?)\.?\d+)(?:\.|$)")
-
-
-class SharedPositionsDict(nn.ModuleDict):
-    """The ``dcls_shared`` container registered on a stage module: role -> :class:`SharedPositions`.
-
-    Its forward is the identity because a stage is often an ``nn.Sequential`` (timm's ResNet
-    ``layer1``...), whose forward calls every child in order, this container included; a plain
-    ``nn.ModuleDict`` there raises ``NotImplementedError``. As the last child it passes the last
-    block's output through unchanged.
-    """
-
-    def forward(self, x):
-        return x
-
-
-def stage_of(path: str) -> str | None:
-    """The stage prefix of a module path (``"stages.1.blocks.0.conv_dw"`` -> ``"stages.1"``), or None."""
-    match = _STAGE_PATTERN.match(path)
-    return match.group(1) if match else None
-
-
-def _role_in_stage(path: str, stage: str) -> str:
-    """The conv's place inside its block: the path after the stage's block index, dots -> ``_``."""
-    parts = path[len(stage) + 1 :].split(".") if stage else path.split(".")
-    numeric = [i for i, part in enumerate(parts) if part.isdigit()]
-    inner = parts[numeric[0] + 1 :] if numeric else parts
-    return "_".join(inner) or "conv"
-
+_DCLS_BY_CONV: dict[type[nn.Module], type[DclsConvNd]] = {nn.Conv1d: Dcls1d, nn.Conv2d: Dcls2d, nn.Conv3d: Dcls3d}
 
 @dataclass
 class Conversion:
@@ -207,7 +172,7 @@ def dclsify(
     report = DclsifyReport()
     chosen: dict[str, nn.Module] = {}
     for path, module in model.named_modules():
-        if isinstance(module, _DclsNd) or not _is_target(module, targets):
+        if isinstance(module, DclsConvNd) or not _is_target(module, targets):
             continue
         if include is not None and not include(path, module):
             continue
@@ -250,10 +215,9 @@ def dclsify(
             )
             owner_path, role = group.rsplit("/", 1)
             owner = model.get_submodule(owner_path) if owner_path else model
-            if not hasattr(owner, "dcls_shared"):
-                owner.dcls_shared = SharedPositionsDict()
-            owner.dcls_shared[role] = shared
-            shared.attach_to(owner)
+            if not hasattr(owner, SHARED_ATTRIBUTE):
+                owner.add_module(SHARED_ATTRIBUTE, SharedPositionsDict())
+            getattr(owner, SHARED_ATTRIBUTE)[role] = shared
         for path in paths:
             _replace(model, path, _to_dcls(chosen[path], windows[path], kernel_count, interpolation, shared))
             report.converted.append(Conversion(path, chosen[path].kernel_size, windows[path], kernel_count, group))
@@ -265,8 +229,8 @@ def dclsify(
 
 
 def _stage_group(path: str) -> str | None:
-    stage = stage_of(path)
-    return None if stage is None else f"{stage}/{_role_in_stage(path, stage)}"
+    key = shared_group_key(path)
+    return None if key is None else "/".join(key)
 
 
 def _check_groups(groups: dict, chosen: dict, windows: dict) -> None:
@@ -301,7 +265,7 @@ def _equal_parameter_count(groups: dict, chosen: dict, position_dims: dict[str, 
     return int(count)
 
 
-def _to_dcls(conv: nn.Module, window, kernel_count: int, interpolation, shared: SharedPositions | None) -> _DclsNd:
+def _to_dcls(conv: nn.Module, window, kernel_count: int, interpolation, shared: SharedPositions | None) -> DclsConvNd:
     # "same" keeps the output size for even windows too (stride 1; dclsify rejects even + stride);
     # for odd windows w // 2 is the same padding and also works with stride.
     padding = "same" if any(w % 2 == 0 for w in window) else tuple(w // 2 for w in window)
@@ -340,53 +304,3 @@ def _unique_parameters(modules) -> list:
             for param in shared.parameters():
                 seen.setdefault(id(param), param)
     return list(seen.values())
-
-
-def dcls_layers(model: nn.Module) -> list[tuple[str, _DclsNd]]:
-    """Every DCLS layer of ``model`` with its path."""
-    return [(path, m) for path, m in model.named_modules() if isinstance(m, _DclsNd)]
-
-
-class PositionOwner(NamedTuple):
-    """A holder of positions: a :class:`~dcls_zoo.shared.SharedPositions` or a DCLS layer with its own."""
-
-    path: str
-    owner: SharedPositions | _DclsNd
-    layers: tuple[_DclsNd, ...]  # the DCLS layers whose kernels use these positions
-
-
-def position_owners(model: nn.Module) -> list[PositionOwner]:
-    """Every distinct holder of positions of ``model`` once, in module order.
-
-    A :class:`~dcls_zoo.shared.SharedPositions` (one ``P``/``SIG`` for a stage) counts once, a DCLS
-    layer with its own positions is its own holder. A shared holder kept outside the module tree
-    is found through its layers and named after the first of them.
-    """
-    paths = {id(module): path for path, module in model.named_modules()}
-    found: dict[int, tuple[str, SharedPositions | _DclsNd, list[_DclsNd]]] = {}
-    for path, layer in dcls_layers(model):
-        owner = layer.shared_positions if layer.shared_positions is not None else layer
-        found.setdefault(id(owner), (paths.get(id(owner), path), owner, []))[2].append(layer)
-    return [PositionOwner(path, owner, tuple(layers)) for path, owner, layers in found.values()]
-
-
-def clamp_model_positions_(model: nn.Module) -> None:
-    """Clamp every position tensor of ``model`` (own and shared) into its window, in place."""
-    for holder in position_owners(model):
-        holder.owner.clamp_positions_()
-
-
-@torch.no_grad()
-def spread_model_positions_(model: nn.Module, generator: torch.Generator | None = None) -> None:
-    """Draw every position of ``model`` uniformly over its window, in place.
-
-    Trained ConvNeXt-dcls positions cover the whole window, while freshly initialised ones
-    (``N(0, 0.5)``) stay near its centre, where the CPU layers skip the unreached taps. Benchmarks
-    and MAC counts use this to see the cost of a trained model.
-    """
-    for holder in position_owners(model):
-        positions = holder.owner.P
-        for axis, window in enumerate(holder.owner.learned_kernel_size):
-            low, high = position_bounds(window)
-            values = torch.rand(positions[axis].shape, generator=generator, dtype=positions.dtype)
-            positions[axis].copy_(values * (high - low) + low)

@@ -29,9 +29,10 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 
-from ..layers import _DclsNd
+from ..layers import DclsConvNd
+from ..positions import stage_of
 from ..pretrained import build_model_with_weights
-from .dclsify import DclsifyReport, dclsify, stage_of
+from .dclsify import DclsifyReport, dclsify
 
 __all__ = ["ResNetDcls", "residual_block_conv"]
 
@@ -105,7 +106,7 @@ class ResNetDcls(ResNet):
         (Positions keep their ``N(0, 0.5)`` init; the ResNet convs have no bias.)
         """
         for module in self.modules():
-            if isinstance(module, _DclsNd):
+            if isinstance(module, DclsConvNd):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
