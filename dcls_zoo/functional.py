@@ -145,10 +145,11 @@ def _geometry(dims, window, stride, padding, groups, padding_mode, version, lear
     )
 
 
-def _hashable(value: object) -> object:
+def _frozen(value: object) -> object:
+    """``value`` with lists turned into tuples, so that it can key the memo."""
     if isinstance(value, (list, tuple, torch.Size)):
-        return tuple(_hashable(v) for v in value)
-    return operator.index(value) if hasattr(value, "__index__") and not isinstance(value, bool) else value
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 def dcls_geometry(
@@ -161,18 +162,21 @@ def dcls_geometry(
     version: str | Interpolation = "gauss",
     learned_axes: Sequence[int] | None = None,
 ) -> DclsGeometry:
-    """Check and normalise the non-tensor arguments of :func:`dcls_conv` (memoised)."""
+    """Check and normalise the non-tensor arguments of :func:`dcls_conv` (memoised: a layer's
+    already normalised arguments cost one dictionary look-up)."""
     args = (dilated_kernel_size, stride, padding, groups, padding_mode, version, learned_axes)
     try:
-        frozen = tuple(_hashable(a) for a in args)
-    except TypeError:  # not an int where one is needed: let the checks say which argument
-        frozen = args
+        return _geometry(dims, *args)
+    except TypeError as error:
+        if "unhashable" not in str(error):
+            raise
+    frozen = tuple(_frozen(a) for a in args)
     try:
         return _geometry(dims, *frozen)
     except TypeError as error:
         if "unhashable" not in str(error):
             raise
-        return _geometry.__wrapped__(dims, *args)
+    return _geometry.__wrapped__(dims, *args)  # something unhashable: let the checks name it
 
 
 def check_finite_positions(P: Tensor, SIG: Tensor | None) -> None:
@@ -375,10 +379,12 @@ def convolve_with_geometry(
                 prepared = _prepare(weight, P, SIG, geometry, footprints, compute_dtype)
             cache.put(parameters, compute_dtype, prepared)
         kernel, padding = prepared
-    if bias is not None:
+    if bias is not None and bias.dtype != compute_dtype:
         bias = bias.to(compute_dtype)
+    if batch.dtype != compute_dtype:
+        batch = batch.to(compute_dtype)
     output = convolve_prepared(
-        batch.to(compute_dtype), kernel, bias, geometry.stride, padding, geometry.groups, geometry.padding_mode, backend
+        batch, kernel, bias, geometry.stride, padding, geometry.groups, geometry.padding_mode, backend
     )
     return output.squeeze(0) if unbatched else output
 

@@ -140,3 +140,19 @@ def test_quickstart_job_tests_exports_and_summarises(tmp_path, monkeypatch):
     newest = sorted((tmp_path / "logs" / "quickstart").iterdir())[-1]
     (row,) = [r for r in csv.DictReader(open(newest / "metrics.csv")) if r.get("test/top1")]
     assert round(float(row["test/top1"]), 4) == summary["test/top1"]
+
+
+@pytest.mark.slow
+def test_quickstart_trains_and_tests_in_bf16_mixed(tmp_path):
+    """The GPU presets' precision, here as CPU autocast, through the real command."""
+    command = [
+        sys.executable, "-m", "lightning_modules", "fit", "-c", QUICKSTART, *SMALL_RUN,
+        "--trainer.precision=bf16-mixed", "--trainer.limit_test_batches=2", "--export_after_fit=false",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((_run_dir(tmp_path) / "summary.json").read_text())
+    assert summary["global_steps"] == 6 and 0.0 <= summary["test/top1"] <= 1.0
+    state = torch.load(tmp_path / summary["best_checkpoint"], weights_only=True)["state_dict"]
+    positions = {k: v for k, v in state.items() if k.endswith(".P")}
+    assert positions and all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in positions.values())
