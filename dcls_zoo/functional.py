@@ -129,6 +129,15 @@ class DclsGeometry(NamedTuple):
 
 
 @functools.lru_cache(maxsize=512)
+def _memoised_geometry(types: tuple, dims, *args) -> DclsGeometry:
+    # types is part of the key only: 3.0 == 3 and True == 1, but they must not pass as ints
+    return _geometry(dims, *args)
+
+
+def _types(args: tuple) -> tuple:
+    return tuple((type(a), tuple(map(type, a)) if isinstance(a, tuple) else ()) for a in args)
+
+
 def _geometry(dims, window, stride, padding, groups, padding_mode, version, learned_axes) -> DclsGeometry:
     window = as_int_tuple(window, dims, "dilated_kernel_size")
     stride = as_int_tuple(stride, dims, "stride")
@@ -165,18 +174,13 @@ def dcls_geometry(
     """Check and normalise the non-tensor arguments of :func:`dcls_conv` (memoised: a layer's
     already normalised arguments cost one dictionary look-up)."""
     args = (dilated_kernel_size, stride, padding, groups, padding_mode, version, learned_axes)
-    try:
-        return _geometry(dims, *args)
-    except TypeError as error:
-        if "unhashable" not in str(error):
-            raise
-    frozen = tuple(_frozen(a) for a in args)
-    try:
-        return _geometry(dims, *frozen)
-    except TypeError as error:
-        if "unhashable" not in str(error):
-            raise
-    return _geometry.__wrapped__(dims, *args)  # something unhashable: let the checks name it
+    for candidate in (args, tuple(_frozen(a) for a in args)):
+        try:
+            return _memoised_geometry(_types(candidate), dims, *candidate)
+        except TypeError as error:
+            if "unhashable" not in str(error):
+                raise
+    return _geometry(dims, *args)  # something unhashable: let the checks name it
 
 
 def check_finite_positions(P: Tensor, SIG: Tensor | None) -> None:
@@ -242,7 +246,8 @@ def dcls_kernel(
 
 
 class KernelCache:
-    """A layer's last kernel built without autograd, reused while its parameters are unchanged.
+    """A layer's last kernel built without autograd, reused while its parameters are unchanged
+    (on the CPU: :func:`dcls_conv` does not cache where comparing would synchronise a device).
 
     The test is exact: the parameters are compared element by element with a copy kept when the
     kernel was built. DCLS parameters are a few dozen numbers per channel, so this costs far
@@ -255,22 +260,25 @@ class KernelCache:
         self.builds = 0  # kernels built through this cache (for tests and profiling)
 
     @staticmethod
-    def _key(tensors: Sequence[Tensor], compute_dtype: torch.dtype) -> tuple:
-        return (compute_dtype, *((t.dtype, t.device, t.shape) for t in tensors))
+    def _key(tensors: Sequence[Tensor], compute_dtype: torch.dtype, geometry: DclsGeometry) -> tuple:
+        return (compute_dtype, geometry, *((t.dtype, t.device, t.shape) for t in tensors))
 
-    def get(self, tensors: Sequence[Tensor], compute_dtype: torch.dtype) -> tuple[Tensor, tuple] | None:
+    def get(self, tensors: Sequence[Tensor], compute_dtype: torch.dtype,
+            geometry: DclsGeometry) -> tuple[Tensor, tuple] | None:
+        """The kept kernel and padding if ``tensors`` equal the kept copies exactly, else ``None``."""
         if self._entry is None:
             return None
         key, snapshot, prepared = self._entry
-        if key != self._key(tensors, compute_dtype):
+        if key != self._key(tensors, compute_dtype, geometry):
             return None
         if not all(torch.equal(kept, t) for kept, t in zip(snapshot, tensors)):
             return None
         return prepared
 
-    def put(self, tensors: Sequence[Tensor], compute_dtype: torch.dtype, prepared: tuple[Tensor, tuple]) -> None:
+    def put(self, tensors: Sequence[Tensor], compute_dtype: torch.dtype, geometry: DclsGeometry,
+            prepared: tuple[Tensor, tuple]) -> None:
         snapshot = tuple(t.detach().clone() for t in tensors)
-        self._entry = (self._key(tensors, compute_dtype), snapshot, prepared)
+        self._entry = (self._key(tensors, compute_dtype, geometry), snapshot, prepared)
         self.builds += 1
 
     def clear(self) -> None:
@@ -366,18 +374,21 @@ def convolve_with_geometry(
     _check_padding_fits(batch, geometry)
     compute_dtype = _compute_dtype(batch, weight)
     parameters = tuple(t for t in (weight, P, SIG) if t is not None)
-    # Not while compiling or exporting: the tensors there are fakes, and the graph must build the kernel.
-    cacheable = cache is not None and not is_compiling() and _no_gradient_reaches(parameters)
+    # Only where comparing values costs no device sync (the CPU), and never while compiling or
+    # exporting (fake tensors; the graph must build the kernel). A GPU builds the kernel every
+    # call: a few small asynchronous kernels, never stale.
+    cacheable = cache is not None and may_read_host(weight) and _no_gradient_reaches(parameters)
     if not cacheable:
         kernel, padding = _prepare(weight, P, SIG, geometry, footprints, compute_dtype)
     else:
-        prepared = cache.get(parameters, compute_dtype)
+        prepared = cache.get(parameters, compute_dtype, geometry)
         if prepared is None:
-            # Built as normal tensors even inside inference_mode: the cached kernel must also
-            # serve later calls whose input needs autograd.
+            # From P and SIG themselves (shared footprints are keyed on versions, which .data
+            # edits do not bump), and as normal tensors even inside inference_mode: the cached
+            # kernel must also serve later calls whose input needs autograd.
             with torch.inference_mode(False), torch.no_grad():
-                prepared = _prepare(weight, P, SIG, geometry, footprints, compute_dtype)
-            cache.put(parameters, compute_dtype, prepared)
+                prepared = _prepare(weight, P, SIG, geometry, None, compute_dtype)
+            cache.put(parameters, compute_dtype, geometry, prepared)
         kernel, padding = prepared
     if bias is not None and bias.dtype != compute_dtype:
         bias = bias.to(compute_dtype)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .positions import dcls_layers, position_owners
-from .shared import SharedPositions
+from .shared import SHARED_ATTRIBUTE, SharedPositions
 
 __all__ = [
     "CONFIG_NAME",
@@ -444,7 +444,7 @@ def _model_card(
         if "converted_parameters" in settings:
             rows["parameters of the converted layers"] = settings["converted_parameters"]
         lines += _table(rows)
-        lines += ["", "Positions are stored once per group (`...dcls_shared.<role>.P`); call "
+        lines += ["", f"Positions are stored once per group (`...{SHARED_ATTRIBUTE}.<role>.P`); call "
                   "`dcls_zoo.clamp_model_positions_(model)` after every optimizer step when fine-tuning."]
     else:
         lines.append("This model has no DCLS layer (a baseline of the zoo).")

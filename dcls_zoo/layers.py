@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .backends import _check_name as _check_backend
 from .backends import prepare_kernel
 from .construct import Footprints, Interpolation, axis_footprints, clamp_positions_, init_positions_
-from .functional import KernelCache, as_int, as_int_tuple, dcls_conv, dcls_geometry, dcls_kernel
+from .functional import DclsGeometry, KernelCache, as_int, as_int_tuple, dcls_conv, dcls_geometry, dcls_kernel
 from .scripting import dcls_conv_scripted
 from .shared import SharedPositions
 
@@ -55,7 +55,7 @@ class DclsConvNd(nn.Module):
 
     spatial_dims: int
     # TorchScript compiles properties; this one reads Python state the scripted layer does not need.
-    __jit_unused_properties__ = ["shared_positions"]
+    __jit_unused_properties__ = ["shared_positions", "_padding_pairs"]
 
     def __init__(
         self,
@@ -89,7 +89,6 @@ class DclsConvNd(nn.Module):
         self.dilated_kernel_size = geometry.window
         self.stride = geometry.stride
         self.padding = padding if isinstance(padding, str) else as_int_tuple(padding, dims, "padding", 0)
-        self._padding_pairs = geometry.padding
         self.padding_mode = padding_mode
         self.backend = _check_backend(backend)
         self.interpolation = geometry.interpolation
@@ -176,12 +175,21 @@ class DclsConvNd(nn.Module):
         return dcls_kernel(self.weight, self.P, self.SIG, self.dilated_kernel_size, self.interpolation,
                            self.learned_axes, footprints=footprints if footprints is not None else self.footprints())
 
+    def _geometry(self) -> DclsGeometry:
+        """The layer's arguments, checked and normalised (from its attributes as they are now)."""
+        return dcls_geometry(self.spatial_dims, self.dilated_kernel_size, self.stride, self.padding, self.groups,
+                             self.padding_mode, self.interpolation, self.learned_axes)
+
+    @property
+    def _padding_pairs(self) -> tuple[tuple[int, int], ...]:
+        """``(before, after)`` padding per axis."""
+        return self._geometry().padding
+
     def _kernel_and_padding(self) -> tuple[Tensor, tuple[tuple[int, int], ...]]:
         """The kernel as the backend convolves it (on the CPU cropped to the taps the elements
         reach, :func:`~dcls_zoo.backends.crop_to_support`) and its ``(before, after)`` padding."""
         footprints = self.footprints()
-        geometry = dcls_geometry(self.spatial_dims, self.dilated_kernel_size, self.stride, self.padding, self.groups,
-                                 self.padding_mode, self.interpolation, self.learned_axes)
+        geometry = self._geometry()
         return prepare_kernel(self.kernel(footprints), geometry.padding, lambda: geometry.support(footprints))
 
     def __prepare_scriptable__(self) -> DclsConvNd:

@@ -15,6 +15,7 @@ is needed, so scripted, traced and exported models see plain modules.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -57,8 +58,8 @@ class _FootprintCache:
     def __init__(self) -> None:
         self.entry: _CachedFootprints | None = None
 
-    def forget(self, footprints: Footprints) -> None:
-        if self.entry is not None and self.entry.footprints is footprints:
+    def forget(self, built: weakref.ref) -> None:
+        if self.entry is not None and self.entry.footprints is built():
             self.entry = None
 
     def __deepcopy__(self, memo: dict) -> _FootprintCache:
@@ -66,6 +67,18 @@ class _FootprintCache:
 
     def __getstate__(self) -> dict:
         return {"entry": None}
+
+
+class _Forget:
+    """Backward pre-hook: drops the cached footprints it was made for (weak references only)."""
+
+    def __init__(self, cache: _FootprintCache, footprints: Footprints) -> None:
+        self.cache, self.footprints = weakref.ref(cache), weakref.ref(footprints)
+
+    def __call__(self, grad_outputs: tuple) -> None:
+        cache = self.cache()
+        if cache is not None:
+            cache.forget(self.footprints)
 
 
 class SharedPositions(nn.Module):
@@ -120,7 +133,8 @@ class SharedPositions(nn.Module):
             self.P._version, self.P.data_ptr(), None if self.SIG is None else (self.SIG._version, self.SIG.data_ptr()),
             torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
         )
-        cache = self._footprint_cache
+        # setdefault: SharedPositions pickled by versions without this cache load too
+        cache = self.__dict__.setdefault("_footprint_cache", _FootprintCache())
         entry = cache.entry
         if entry is not None and entry.key == key and id(user) not in entry.users:
             entry.users.add(id(user))
@@ -129,8 +143,9 @@ class SharedPositions(nn.Module):
         cache.entry = _CachedFootprints(footprints, {id(user)}, key)
         graph = footprints.graph_node()
         if graph is not None:
-            # Once a backward pass has run through them their graph is freed: never hand them out again.
-            graph.register_prehook(lambda grad_outputs, cache=cache, footprints=footprints: cache.forget(footprints))
+            # Once a backward pass has run through them their graph is freed: never hand them
+            # out again. Weak references only: the node must not keep its own footprints alive.
+            graph.register_prehook(_Forget(cache, footprints))
         return footprints
 
     def _build(self) -> Footprints:

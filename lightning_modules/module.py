@@ -26,7 +26,7 @@ from dcls_zoo.positions import position_owners
 from dcls_zoo.regularizers import repulsive_loss
 
 from .checkpoints import load_pretrained_weights
-from .optim import WarmupCosine, parameter_groups, warmup_cosine_scheduler
+from .optim import WarmupCosine, parameter_groups, upgrade_scheduler_state, warmup_cosine_scheduler
 
 __all__ = ["ImageClassifier", "NonFiniteLossError"]
 
@@ -242,6 +242,10 @@ class ImageClassifier(pl.LightningModule):
         schedule = WarmupCosine(warmup_steps, total_steps, self.hparams.min_lr_ratio)
         scheduler = warmup_cosine_scheduler(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        for state in checkpoint.get("lr_schedulers", []):
+            upgrade_scheduler_state(state)
 
     def _steps_per_epoch(self, total_steps: int) -> float:
         batches = self.trainer.num_training_batches  # set by estimated_stepping_batches

@@ -26,7 +26,7 @@ from torch import nn
 
 from dcls_zoo.positions import position_parameters
 
-__all__ = ["WarmupCosine", "parameter_groups", "warmup_cosine_scheduler"]
+__all__ = ["WarmupCosine", "parameter_groups", "upgrade_scheduler_state", "warmup_cosine_scheduler"]
 
 
 def parameter_groups(model: nn.Module, position_lr_scale: float = 5.0) -> list[dict[str, Any]]:
@@ -108,3 +108,16 @@ def warmup_cosine_scheduler(optimizer: torch.optim.Optimizer, schedule: WarmupCo
     """The recipe's per-step scheduler: each group at ``base lr * lr_scale * schedule(step)``."""
     factors = [schedule.scaled(group.get("lr_scale", 1.0)) for group in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
+
+
+def upgrade_scheduler_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A ``LambdaLR`` state saved before :class:`WarmupCosine` carried ``lr_scale``, made to resume right.
+
+    Those runs multiplied each group's ``lr`` by its ``lr_scale`` once, so their saved base rates
+    already hold it: their factors get ``lr_scale`` 1 (without this, positions would resume at
+    25x). Other states are returned unchanged.
+    """
+    for factor in state.get("lr_lambdas") or []:
+        if isinstance(factor, dict) and "warmup_steps" in factor and "lr_scale" not in factor:
+            factor["lr_scale"] = 1.0
+    return state

@@ -19,7 +19,7 @@ from torch import nn
 
 import dcls_zoo
 from dcls_zoo import Dcls1d, Dcls2d, Dcls3d, dcls_conv, fuse
-from lightning_modules.optim import WarmupCosine, parameter_groups, warmup_cosine_scheduler
+from lightning_modules.optim import WarmupCosine, parameter_groups, upgrade_scheduler_state, warmup_cosine_scheduler
 
 PACKAGE = pathlib.Path(dcls_zoo.__file__).parent
 SMALL = ["convnext_dcls_atto", "convnext_dcls_gauss_tiny", "convnext_k7_atto", "resnet50_dcls"]
@@ -160,6 +160,28 @@ def test_recipe_scheduler_trains_positions_at_five_times_the_rate():
         optimizer.step()
         scheduler.step()
     assert max(peak) == pytest.approx(5e-3, rel=1e-3)
+
+
+@pytest.mark.parametrize("upgrade", [False, True])
+def test_resuming_a_scheduler_saved_before_lr_scale_keeps_five_times(upgrade):
+    """Earlier runs stored the 5x in the groups' lr (and so in LambdaLR's base rates)."""
+    model = _model("convnext_dcls_atto")
+
+    def optimizer_and_scheduler():
+        optimizer = torch.optim.AdamW(parameter_groups(model, position_lr_scale=5.0), lr=1e-3)
+        return optimizer, warmup_cosine_scheduler(optimizer, WarmupCosine(warmup_steps=0, total_steps=100))
+
+    optimizer, scheduler = optimizer_and_scheduler()
+    old = scheduler.state_dict()  # made into what those runs saved: scaled base rates, no lr_scale
+    old["base_lrs"] = [lr * group["lr_scale"] for lr, group in zip(old["base_lrs"], optimizer.param_groups)]
+    for factor in old["lr_lambdas"]:
+        del factor["lr_scale"]
+    optimizer, scheduler = optimizer_and_scheduler()
+    scheduler.load_state_dict(upgrade_scheduler_state(old) if upgrade else old)
+    optimizer.step()
+    scheduler.step()
+    rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
+    assert rates["positions"] / rates["decay"] == pytest.approx(5.0 if upgrade else 25.0)
 
 
 def test_position_group_is_found_by_identity_not_by_name():

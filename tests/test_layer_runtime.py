@@ -354,3 +354,40 @@ def test_shared_footprints_hold_no_graph_after_backward():
     holders = [h.owner for h in dcls_zoo.position_owners(model)]
     assert all(holder._footprint_cache.entry is None for holder in holders)
     copy.deepcopy(model)  # nothing non-leaf is left to copy
+
+
+def test_eval_cache_sees_data_edits_of_shared_positions():
+    """A .data edit bumps no version: the cached kernel of every layer of the group must follow."""
+    shared = dcls_zoo.SharedPositions((4, 1, 5), (9, 9), "gauss")
+    first, second = (Dcls2d(4, 4, 5, 9, padding="same", groups=4, version="gauss", shared_positions=shared).eval()
+                     for _ in range(2))
+    x = torch.randn(1, 4, 10, 10)
+    with torch.no_grad():
+        first(x), second(x)
+        second.weight.data.mul_(2)
+        second(x)
+        shared.P.data.add_(1.0)
+        for layer in (first, second):
+            torch.testing.assert_close(layer(x), _reference(layer, x), rtol=1e-5, atol=1e-6)
+
+
+def test_arguments_are_checked_whatever_is_memoised():
+    weight, P = torch.randn(4, 1, 3), torch.zeros(2, 4, 1, 3)
+    x = torch.randn(1, 4, 8, 8)
+    dcls_conv(x, weight, P, None, 5, groups=4, version="bilinear")  # memoises window 5, groups 4
+    with pytest.raises(TypeError, match="dilated_kernel_size must be an int"):
+        dcls_conv(x, weight, P, None, 5.0, groups=4, version="bilinear")
+    with pytest.raises(TypeError, match="groups must be an int"):
+        dcls_conv(torch.randn(1, 1, 8, 8), torch.randn(1, 1, 3), torch.zeros(2, 1, 1, 3), None, 5, groups=True,
+                  version="bilinear")
+
+
+def test_changed_padding_attribute_is_used_by_every_path():
+    layer = Dcls2d(2, 2, 3, 5, padding=2, groups=2, version="bilinear").eval()
+    x = torch.randn(1, 2, 8, 8)
+    with torch.no_grad():
+        layer(x)  # fills the cache with the kernel for padding 2
+        layer.padding = (1, 1)
+        y = layer(x)
+    assert y.shape == (1, 2, 6, 6)
+    torch.testing.assert_close(y, _reference(layer, x).detach())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dcls_zoo
-from dcls_zoo.models.dclsify import position_owners
+from dcls_zoo.positions import position_owners
 from dcls_zoo.regularizers import repulsive_loss, repulsive_loss_of
 
 

@@ -15,7 +15,7 @@ Registered in timm on import::
     model = timm.create_model("resnet50_dcls", num_classes=10)
 
 Positions are stored once per stage as ``layer{1..4}.dcls_shared.conv2.P``; call
-:func:`~dcls_zoo.models.dclsify.clamp_model_positions_` after every optimizer step as the
+:func:`~dcls_zoo.positions.clamp_model_positions_` after every optimizer step as the
 authors did. No weights are hosted (see ``default_cfgs``), so ``pretrained=True`` raises.
 """
 
