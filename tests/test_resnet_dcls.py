@@ -161,12 +161,12 @@ def test_features_only(monkeypatch):
     # the feature wrapper keeps the shared positions (trainable, saved) ...
     names = {name for name, _ in model.named_parameters()}
     assert {f"layer{i}.dcls_shared.conv2.P" for i in range(1, 5)} <= names
-    # ... and keeps each stage whole, so its footprints are built once per forward
+    # ... and keeps each stage whole, so its footprints are built once per forward (with
+    # autograd: without it every layer reuses its own cached kernel instead)
     calls = []
     original = dcls_zoo.shared.axis_footprints
     monkeypatch.setattr(dcls_zoo.shared, "axis_footprints", lambda *a, **k: calls.append(1) or original(*a, **k))
-    with torch.no_grad():
-        features = model(torch.randn(2, 3, 64, 64))
+    features = model(torch.randn(2, 3, 64, 64))
     assert len(calls) == 4
     assert [f.shape for f in features] == [
         (2, 64, 32, 32), (2, 256, 16, 16), (2, 512, 8, 8), (2, 1024, 4, 4), (2, 2048, 2, 2)
