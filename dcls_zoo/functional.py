@@ -367,6 +367,8 @@ def convolve_with_geometry(
     footprints: FootprintsArgument,
     cache: KernelCache | None,
 ) -> Tensor:
+    """:func:`dcls_conv` with its non-tensor arguments already checked (a :class:`DclsGeometry`
+    from :func:`dcls_geometry`) and ``backend`` a checked name; the scripted layers' entry."""
     _refuse_legacy_onnx_export()
     _check_input(input, weight, geometry)
     unbatched = input.dim() == geometry.dims + 1
