@@ -45,6 +45,7 @@ __all__ = [
     "get_backend",
     "is_compiling",
     "may_read_host",
+    "prepare_kernel",
     "select_backend",
     "set_backend",
     "use_backend",
@@ -56,6 +57,7 @@ _CONV_BY_DIMS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 def is_compiling() -> bool:
     """Whether ``torch.compile`` or ``torch.export`` is tracing this call (their tensors are fakes)."""
     return torch.compiler.is_compiling()
+
 
 # nn.ConvNd's padding modes; "zeros" is applied by the convolution itself when symmetric.
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -387,7 +389,6 @@ def convolve(
     groups: int,
     padding_mode: str = "zeros",
     backend: str = "auto",
-    support: Callable[[], Sequence[tuple[int, int]]] | None = None,
 ) -> Tensor:
     """Cross-correlate ``input`` with a dense ``kernel`` (as ``nn.ConvNd`` does).
 
@@ -400,15 +401,14 @@ def convolve(
         groups: number of channel groups.
         padding_mode: one of :data:`PADDING_MODES`.
         backend: ``"auto"`` or a name in :data:`BACKENDS`.
-        support: optional, returns ``(first, last)`` per axis of the window taps that can be
-            non-zero; where :func:`may_read_host` allows it the kernel is cropped to them
-            (:func:`crop_to_support`, exact).
 
     Returns:
         ``(N, C_out, *spatial_out)``.
     """
-    kernel, padding = prepare_kernel(kernel, padding, support)
-    return convolve_prepared(input, kernel, bias, stride, padding, groups, padding_mode, backend)
+    if padding_mode == "zeros":
+        kernel, padding = crop_to_reach(kernel, input.shape[2:], stride, padding)
+    call = ConvCall.describe(input, kernel, groups, stride, padding, padding_mode)
+    return select_backend(call, backend).run(input, kernel, bias, call)
 
 
 def prepare_kernel(
@@ -416,28 +416,14 @@ def prepare_kernel(
     padding: Sequence[tuple[int, int]],
     support: Callable[[], Sequence[tuple[int, int]]] | None = None,
 ) -> tuple[Tensor, tuple[tuple[int, int], ...]]:
-    """The part of :func:`convolve` that depends on the kernel only: the crop to ``support``.
+    """Crop ``kernel`` to ``support()`` where :func:`may_read_host` allows it (exact, see
+    :func:`crop_to_support`); returns the kernel to hand to :func:`convolve` and its padding.
 
-    Layers that reuse one kernel for many calls (the eval cache) keep its result.
+    Args:
+        support: returns ``(first, last)`` per axis of the window taps that can be non-zero
+            (called only when the crop is allowed); ``None``: no crop.
     """
     padding = tuple(tuple(p) for p in padding)
     if support is None or not may_read_host(kernel):
         return kernel, padding
     return crop_to_support(kernel, padding, support())
-
-
-def convolve_prepared(
-    input: Tensor,
-    kernel: Tensor,
-    bias: Tensor | None,
-    stride: Sequence[int],
-    padding: Sequence[tuple[int, int]],
-    groups: int,
-    padding_mode: str = "zeros",
-    backend: str = "auto",
-) -> Tensor:
-    """:func:`convolve` for a kernel already through :func:`prepare_kernel`."""
-    if padding_mode == "zeros":
-        kernel, padding = crop_to_reach(kernel, input.shape[2:], stride, padding)
-    call = ConvCall.describe(input, kernel, groups, stride, padding, padding_mode)
-    return select_backend(call, backend).run(input, kernel, bias, call)

@@ -25,7 +25,7 @@ from typing import NamedTuple, Union
 import torch
 from torch import Tensor
 
-from .backends import PADDING_MODES, convolve_prepared, is_compiling, may_read_host, prepare_kernel
+from .backends import PADDING_MODES, convolve, is_compiling, may_read_host, prepare_kernel
 from .backends import _check_name as _check_backend
 from .construct import (
     Footprints,
@@ -336,9 +336,11 @@ def _check_padding_fits(input: Tensor, geometry: DclsGeometry) -> None:
             )
 
 
-def _prepare(weight: Tensor, P: Tensor, SIG: Tensor | None, geometry: DclsGeometry,
-             footprints: FootprintsArgument, compute_dtype: torch.dtype) -> tuple[Tensor, tuple]:
-    """The kernel as the backend will convolve it (cropped where allowed, in the compute dtype) and its padding."""
+def prepared_kernel(weight: Tensor, P: Tensor, SIG: Tensor | None, geometry: DclsGeometry,
+                    footprints: FootprintsArgument, compute_dtype: torch.dtype) -> tuple[Tensor, tuple]:
+    """The kernel as the backend will convolve it (cropped to the elements' support where
+    :func:`~dcls_zoo.backends.may_read_host` allows it, in ``compute_dtype``) and its
+    ``(before, after)`` padding per axis."""
     kernel, footprints = _kernel(weight, P, SIG, geometry, footprints)
     kernel, padding = prepare_kernel(kernel, geometry.padding, lambda: geometry.support(footprints))
     return kernel.to(compute_dtype), padding
@@ -381,7 +383,7 @@ def convolve_with_geometry(
     # call: a few small asynchronous kernels, never stale.
     cacheable = cache is not None and may_read_host(weight) and _no_gradient_reaches(parameters)
     if not cacheable:
-        kernel, padding = _prepare(weight, P, SIG, geometry, footprints, compute_dtype)
+        kernel, padding = prepared_kernel(weight, P, SIG, geometry, footprints, compute_dtype)
     else:
         prepared = cache.get(parameters, compute_dtype, geometry)
         if prepared is None:
@@ -389,16 +391,14 @@ def convolve_with_geometry(
             # edits do not bump), and as normal tensors even inside inference_mode: the cached
             # kernel must also serve later calls whose input needs autograd.
             with torch.inference_mode(False), torch.no_grad():
-                prepared = _prepare(weight, P, SIG, geometry, None, compute_dtype)
+                prepared = prepared_kernel(weight, P, SIG, geometry, None, compute_dtype)
             cache.put(parameters, compute_dtype, geometry, prepared)
         kernel, padding = prepared
     if bias is not None and bias.dtype != compute_dtype:
         bias = bias.to(compute_dtype)
     if batch.dtype != compute_dtype:
         batch = batch.to(compute_dtype)
-    output = convolve_prepared(
-        batch, kernel, bias, geometry.stride, padding, geometry.groups, geometry.padding_mode, backend
-    )
+    output = convolve(batch, kernel, bias, geometry.stride, padding, geometry.groups, geometry.padding_mode, backend)
     return output.squeeze(0) if unbatched else output
 
 

@@ -18,9 +18,17 @@ import torch.fx
 from torch import Tensor, nn
 
 from .backends import _check_name as _check_backend
-from .backends import prepare_kernel
 from .construct import Footprints, Interpolation, axis_footprints, clamp_positions_, init_positions_
-from .functional import DclsGeometry, KernelCache, as_int, as_int_tuple, dcls_conv, dcls_geometry, dcls_kernel
+from .functional import (
+    DclsGeometry,
+    KernelCache,
+    as_int,
+    as_int_tuple,
+    dcls_conv,
+    dcls_geometry,
+    dcls_kernel,
+    prepared_kernel,
+)
 from .scripting import dcls_conv_scripted
 from .shared import SharedPositions
 
@@ -188,9 +196,7 @@ class DclsConvNd(nn.Module):
     def _kernel_and_padding(self) -> tuple[Tensor, tuple[tuple[int, int], ...]]:
         """The kernel as the backend convolves it (on the CPU cropped to the taps the elements
         reach, :func:`~dcls_zoo.backends.crop_to_support`) and its ``(before, after)`` padding."""
-        footprints = self.footprints()
-        geometry = self._geometry()
-        return prepare_kernel(self.kernel(footprints), geometry.padding, lambda: geometry.support(footprints))
+        return prepared_kernel(self.weight, self.P, self.SIG, self._geometry(), self.footprints(), self.weight.dtype)
 
     def __prepare_scriptable__(self) -> DclsConvNd:
         # torch.jit.script calls this first: plain attributes the compiled forward reads (the
@@ -213,16 +219,14 @@ class DclsConvNd(nn.Module):
                 self._script_stride, self._script_padding, self.groups, self.padding_mode, self.version,
                 self._script_learned_axes, self.backend,
             )
-        if _is_fx_tracing():  # graph arguments only: no Python objects, no cache
-            return dcls_conv(
-                input, self.weight, self.P, self.SIG, self.dilated_kernel_size, self.bias, self.stride, self.padding,
-                self.groups, self.padding_mode, self.version, self.learned_axes, self.backend,
-            )
+        # An FX graph records the call's arguments: names and tensors only, no Python objects.
+        tracing = _is_fx_tracing()
         return dcls_conv(
             input, self.weight, self.P, self.SIG, self.dilated_kernel_size, self.bias, self.stride, self.padding,
-            self.groups, self.padding_mode, self.interpolation, self.learned_axes, self.backend,
-            footprints=self.footprints if self.shared_positions is not None else None,
-            cache=self.__dict__.setdefault("_kernel_cache", KernelCache()),
+            self.groups, self.padding_mode, self.version if tracing else self.interpolation, self.learned_axes,
+            self.backend,
+            footprints=None if tracing or self.shared_positions is None else self.footprints,
+            cache=None if tracing else self.__dict__.setdefault("_kernel_cache", KernelCache()),
         )
 
     @torch.no_grad()
