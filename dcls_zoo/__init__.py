@@ -6,7 +6,9 @@ kernel construction in :mod:`dcls_zoo.construct`, the positions service
 (:mod:`dcls_zoo.positions`), the authors' checkpoints (:func:`convert_official_checkpoint`), and
 the model zoo (registered in
 timm on import): :func:`create_model`, :func:`list_models`, :func:`dclsify`; Hub export and
-upload (:mod:`dcls_zoo.hub`): :func:`save_pretrained`, :func:`push_to_hub`.
+upload (:mod:`dcls_zoo.hub`): :func:`save_pretrained`, :func:`push_to_hub`. Weights in live in
+:mod:`dcls_zoo.weights` (table, fetch, build, the authors' format), state-dict hygiene in
+:mod:`dcls_zoo.state_dicts`.
 """
 
 from .construct import (
@@ -19,7 +21,7 @@ from .construct import (
     position_bounds,
 )
 from .backends import set_backend, use_backend
-from .convert import convert_official_checkpoint
+from .weights.official import convert_official_checkpoint
 from .functional import dcls_conv, dcls_kernel
 from .fuse import fuse, to_conv
 from .hub import (
@@ -42,7 +44,7 @@ from .positions import (
 )
 from .shared import SharedPositions, SharedPositionsDict
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "convert_official_checkpoint",

@@ -15,96 +15,77 @@ Which weights of a checkpoint:
 - the architecture: given, else ``checkpoint["hyper_parameters"]["arch"]``; extra model arguments
   from ``hyper_parameters["model_kwargs"]`` and ``in_chans``; the class count given, from
   ``hyper_parameters["num_classes"]`` or from the classifier weight's rows.
+
+Reading, selecting and cleaning are :mod:`dcls_zoo.state_dicts`'s; this module adds what is
+Lightning's: hyper-parameters, and the :data:`EXPORT_KEY` entry (labels, preprocessing, metrics).
+Rebuilding from a checkpoint never downloads (see :func:`model_from_checkpoint`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+import dcls_zoo
+from dcls_zoo.names import SOURCE_PREFIXES
+from dcls_zoo.state_dicts import (
+    MODEL_PREFIXES,
+    clean_state_dict,
+    load_state_dict_strict,
+    load_torch_file,
+    select_weights,
+)
+from dcls_zoo.weights.build import export_state_dict, without_weight_sources
+from dcls_zoo.weights.fetch import PretrainedWeightsError
+
 __all__ = [
-    "EMA_KEYS",
+    "EXPORT_KEY",
     "PREFIXES",
+    "export_metadata",
     "load_checkpoint",
     "load_pretrained_weights",
     "model_from_checkpoint",
     "select_weights",
-    "strip_prefix",
 ]
 
 log = logging.getLogger(__name__)
 
-PREFIXES = ("model.", "net.", "module.")
-EMA_KEYS = ("state_dict_ema", "ema_state_dict")
+PREFIXES = MODEL_PREFIXES
+#: The checkpoint entry :class:`~lightning_modules.module.ImageClassifier` writes for exports:
+#: ``label_names``, ``data_config`` (the evaluation preprocessing), ``dataset``, ``metrics``.
+EXPORT_KEY = "dcls_zoo_export"
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, Any]:
-    """``torch.load(path, weights_only=True)``, or a ValueError saying why it was refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
+    """A Lightning checkpoint read with ``torch.load(weights_only=True)``, or a ValueError saying why not.
+
+    Raises:
+        ValueError: no such file, a refused pickle, a truncated or garbled file, or no ``state_dict``
+            (each naming the file).
+    """
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(
-            f"refusing to load {path}: it holds objects that torch.load(weights_only=True) will not unpickle "
-            f"({reason}). Only tensors and plain containers are read; re-save the checkpoint without them "
-            "(e.g. torch.save({'state_dict': ..., 'hyper_parameters': {'arch': ...}})) or export from the "
-            "training process with dcls_zoo.save_pretrained"
-        ) from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"cannot read {path} as a torch checkpoint: {error}") from error
+        checkpoint = load_torch_file(path, what="checkpoint", allowed_globals=())
+    except FileNotFoundError as error:
+        raise ValueError(str(error)) from error
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
-        raise ValueError(f"{path} is not a Lightning checkpoint: expected a dict with a 'state_dict' entry")
+        raise ValueError(f"{os.fspath(path)} is not a Lightning checkpoint: expected a dict with a 'state_dict' entry")
     return checkpoint
-
-
-def select_weights(checkpoint: Mapping[str, Any], ema: bool | None = None) -> tuple[Mapping[str, Any], str]:
-    """The state dict to use and where it came from: EMA weights when present (``ema=None``),
-    required (``ema=True``) or never (``ema=False``)."""
-    raw, averaged, where = checkpoint["state_dict"], None, ""
-    if isinstance(checkpoint.get("current_model_state"), Mapping):
-        raw, averaged = checkpoint["current_model_state"], checkpoint["state_dict"]
-        where = "Lightning WeightAveraging (state_dict; raw weights in current_model_state)"
-    else:
-        for key in EMA_KEYS:
-            if isinstance(checkpoint.get(key), Mapping):
-                averaged, where = checkpoint[key], key
-                break
-    if ema is False or (ema is None and averaged is None):
-        source = "current_model_state" if averaged is not None and "current_model_state" in checkpoint else "state_dict"
-        return raw, f"raw weights ({source})"
-    if averaged is None:
-        raise ValueError(
-            "--ema: the checkpoint has no EMA weights (no WeightAveraging current_model_state, "
-            f"no {' / '.join(EMA_KEYS)}); use --no-ema"
-        )
-    return averaged, f"EMA weights from {where}"
-
-
-def strip_prefix(state: Mapping[str, Any], prefix: str | None = None) -> tuple[dict[str, Any], str, int]:
-    """Keys under ``prefix`` (detected when None) without it; also the prefix and the count ignored."""
-    if prefix is None:
-        counts = {p: sum(k.startswith(p) for k in state) for p in PREFIXES}
-        best = max(counts, key=counts.get)
-        prefix = best if counts[best] else ""
-    kept = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    if not kept:
-        raise ValueError(f"no state_dict entry starts with {prefix!r}; pass --prefix")
-    return kept, prefix, len(state) - len(kept)
 
 
 def _hyper_parameters(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
     hparams = checkpoint.get("hyper_parameters") or {}
     return hparams if isinstance(hparams, Mapping) else {}
+
+
+def export_metadata(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """What an export of this checkpoint should carry (:data:`EXPORT_KEY`; ``{}`` when absent)."""
+    metadata = checkpoint.get(EXPORT_KEY)
+    return dict(metadata) if isinstance(metadata, Mapping) else {}
 
 
 def model_from_checkpoint(
@@ -117,21 +98,28 @@ def model_from_checkpoint(
 ) -> tuple[nn.Module, str]:
     """Build the checkpoint's architecture and load the selected weights strictly.
 
+    Nothing is downloaded: the weights come from the checkpoint, so model arguments that would
+    fetch weights (``pretrained``, ``pretrained_cfg_overlay``, ...) are dropped with a warning, and
+    an architecture naming a source (``hf-hub:``, ``local-dir:``) is refused.
+
     Returns:
         ``(model in eval mode, a one-line description of the weights read)``.
     """
     import timm
 
-    import dcls_zoo
-    from dcls_zoo.convert import load_checkpoint_strict
-
     hparams = _hyper_parameters(checkpoint)
     arch = arch or hparams.get("arch")
-    if not arch:
+    if not arch or not isinstance(arch, str):
         raise ValueError("the checkpoint names no architecture (hyper_parameters['arch']); pass --arch")
+    if arch.startswith(SOURCE_PREFIXES):
+        raise ValueError(
+            f"the checkpoint's architecture is {arch!r}, a download source; a model rebuilt from saved weights "
+            "downloads nothing. Pass --arch with the registered architecture"
+        )
     state, description = select_weights(checkpoint, ema)
-    state, prefix, ignored = strip_prefix(state, prefix)
-    kwargs = dict(hparams.get("model_kwargs") or {}) if isinstance(hparams.get("model_kwargs"), Mapping) else {}
+    state, prefix, ignored = clean_state_dict(state, prefix)
+    model_kwargs = hparams.get("model_kwargs")
+    kwargs = without_weight_sources(model_kwargs if isinstance(model_kwargs, Mapping) else {}, "the checkpoint")
     if hparams.get("in_chans") is not None:
         kwargs["in_chans"] = int(hparams["in_chans"])
     num_classes = num_classes or hparams.get("num_classes")
@@ -143,7 +131,7 @@ def model_from_checkpoint(
         kwargs["num_classes"] = int(num_classes)
     model = dcls_zoo.create_model(arch, **kwargs)
     try:
-        load_checkpoint_strict(model, state, what=f"the checkpoint's {description}")
+        load_state_dict_strict(model, state, what=f"the checkpoint's {description}")
     except ValueError as error:
         raise ValueError(f"{error} (arch {arch}, {kwargs})") from error
     notes = f"{description}, prefix {prefix!r}" + (f", {ignored} other entries ignored" if ignored else "")
@@ -155,20 +143,15 @@ def model_from_checkpoint(
 
 
 def _source_state_dict(source: str, arch: str) -> tuple[dict[str, Tensor], str]:
-    import dcls_zoo
-
     path = Path(source).expanduser()
     if source.endswith(".ckpt") or path.is_file():
         state, description = select_weights(load_checkpoint(path))
-        state, _, _ = strip_prefix(state)
-        return dict(state), f"{path} ({description})"
+        return clean_state_dict(state).state_dict, f"{path} ({description})"
     if path.is_dir():
-        weights = path / "model.safetensors"
-        if not weights.is_file():
-            raise ValueError(f"pretrained={source!r}: {path} has no model.safetensors (an export directory holds one)")
-        from safetensors.torch import load_file
-
-        return load_file(weights), f"export {path}"
+        try:
+            return export_state_dict(path)
+        except (FileNotFoundError, PretrainedWeightsError) as error:
+            raise ValueError(f"pretrained={source!r}: {error}") from error
     if source.startswith(("hf-hub:", "hf_hub:")):
         model = dcls_zoo.create_model(source, pretrained=True)
     elif "/" in source or os.sep in source:
@@ -218,9 +201,7 @@ def load_pretrained_weights(model: nn.Module, source: str, arch: str) -> str:
         ValueError: an unreadable source, or weights that do not fit the architecture (naming the
             missing, unexpected and mismatched keys).
     """
-    from dcls_zoo.convert import load_checkpoint_strict
-
     state, description = _source_state_dict(source, arch)
     changes = _adapt(model, state)
-    load_checkpoint_strict(model, state, what=f"pretrained weights {description}")
+    load_state_dict_strict(model, state, what=f"pretrained weights {description}")
     return description + (f"; {', '.join(changes)}" if changes else "")

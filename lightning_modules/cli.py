@@ -14,6 +14,7 @@ everything else goes to :class:`DclsCLI`. ``python -m lightning_modules`` is the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from . import convert_command, export_command, push_command
 from .checkpoints import load_checkpoint, select_weights
-from .module import ImageClassifier, NonFiniteLossError
+from .module import ImageClassifier, NonFiniteLossError, restoring_from_checkpoint
 
 __all__ = ["COMMANDS", "DclsCLI", "cli_main", "main"]
 
@@ -102,8 +103,13 @@ class DclsCLI(LightningCLI):
         )
 
     def instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else None
+        # With --ckpt_path the weights come from the checkpoint (Lightning applies its saved
+        # hyper-parameters to the config): build the model without fetching any.
+        restoring = restoring_from_checkpoint() if config and config.get("ckpt_path") else contextlib.nullcontext()
         try:
-            super().instantiate_classes()
+            with restoring:
+                super().instantiate_classes()
         except (ValueError, FileNotFoundError, NotADirectoryError) as error:
             self.parser.error(f"{self.subcommand}: {error}")
 

@@ -13,12 +13,10 @@ alone with their provenance in the safetensors metadata.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-SAFETENSORS_NAME = "model.safetensors"
+from dcls_zoo.state_dicts import WEIGHTS_NAME as SAFETENSORS_NAME
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,10 +61,10 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     # Imported here so `dcls-zoo --help` and the other commands stay fast.
     import timm
-    from safetensors.torch import save_file
 
     import dcls_zoo
-    from dcls_zoo.convert import convert_official, load_checkpoint_strict
+    from dcls_zoo.state_dicts import load_state_dict_strict, save_safetensors
+    from dcls_zoo.weights.official import convert_official
 
     if not args.no_check and not timm.is_model(args.arch.split(".", 1)[0]):
         return _fail(f"unknown arch {args.arch!r}; dcls-zoo models: {', '.join(dcls_zoo.list_models())}")
@@ -88,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs = {} if num_classes is None else {"num_classes": num_classes}
         try:
             model = dcls_zoo.create_model(args.arch, **kwargs)
-            load_checkpoint_strict(model, state, what=f"the converted {args.checkpoint.name}")
+            load_state_dict_strict(model, state, what=f"the converted {args.checkpoint.name}")
         except ValueError as error:
             return _fail(f"{error} (arch {args.arch})")
         print(f"checked: loads strictly into {args.arch}" + (f" (num_classes={num_classes})" if num_classes else ""))
@@ -113,17 +111,12 @@ def run(args: argparse.Namespace) -> int:
         "converted_by": f"dcls-zoo {dcls_zoo.__version__}",
     }
     # safetensors refuses views and shared storage; after the collapse nothing is shared, and
-    # contiguous() covers any view (e.g. a flip of a non-contiguous tensor).
+    # contiguous() covers any view (e.g. a flip of a non-contiguous tensor). The write is atomic.
     tensors = {key: value.detach().contiguous() for key, value in state.items()}
-    # Write next to the target and rename, so a failure never leaves a truncated file behind.
-    handle, temporary = tempfile.mkstemp(suffix=".safetensors.part", dir=path.parent)
-    os.close(handle)
     try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        save_safetensors(tensors, path, metadata)
+    except OSError as error:
+        return _fail(f"writing {path} failed ({error}); nothing was written under that name")
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     print(f"wrote {path} ({len(tensors)} tensors, {size / 2**20:.1f} MiB)")
     return 0

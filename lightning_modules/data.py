@@ -41,6 +41,9 @@ __all__ = [
 ]
 
 
+_FASHION_SIDE = 28  # Fashion-MNIST images are _FASHION_SIDE x _FASHION_SIDE
+
+
 def _require(condition: bool, name: str, value: Any, expected: str) -> None:
     if not condition:
         raise ValueError(f"{name} must be {expected}, got {value!r}")
@@ -131,15 +134,30 @@ class _ImageDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def data_config(self) -> dict[str, Any]:
-        """The evaluation preprocessing a model trained on this data expects, in timm's
-        ``data_config`` keys (``input_size``, ``mean``, ``std``, ...), for Hub exports."""
-        self.setup()  # some statistics are measured on the train images
+        """The evaluation preprocessing of this data in timm's ``data_config`` keys, for Hub exports.
+
+        An export writes this into ``config.json["pretrained_cfg"]``; whoever loads the export
+        (``timm.create_model("hf-hub:...")`` or ``"local-dir:..."``) gets the val/test tensors of this
+        DataModule from the raw images with the one call ::
+
+            transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+            x = transform(pil_image)  # = this DataModule's val/test x for that image
+
+        (Fashion-MNIST: a 28x28 mode ``"L"`` image, ``PIL.Image.fromarray(uint8 array)``;
+        ImageFolder: the file opened as RGB, as its loader does; synthetic data has no images,
+        see :class:`SyntheticDataModule`.) Every key timm's evaluation transform reads is set, so no
+        timm default fills in: ``input_size`` ``(in_chans, image_size, image_size)``,
+        ``interpolation``, ``mean`` and ``std`` (``in_chans`` values), ``crop_pct`` and
+        ``crop_mode``. Calls :meth:`setup` first (some statistics are measured on the train images).
+        """
+        self.setup()
         config: dict[str, Any] = {"input_size": (self.in_chans, self.image_size, self.image_size)}
-        for key in ("mean", "std", "crop_pct", "interpolation"):
-            value = getattr(self, key, None)
-            if value is not None:
-                config[key] = tuple(value) if isinstance(value, (tuple, list)) else value
+        config.update(self._eval_config())
         return config
+
+    def _eval_config(self) -> dict[str, Any]:
+        """``interpolation``, ``mean``, ``std``, ``crop_pct``, ``crop_mode`` for :meth:`data_config` (after ``setup``)."""
+        raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets (once; every stage gets all three)."""
@@ -207,6 +225,8 @@ class FashionMNISTDataModule(_ImageDataModule):
     also records ``self.split_indices``: the ``"train"`` and ``"val"`` rows of the train split).
     With ``augment``, train images are flipped horizontally at random and shifted by up to
     2 pixels. Batches: ``x`` float32 ``(B, 1, image_size, image_size)``, ``y`` int64 ``(B,)``.
+    :meth:`data_config` expresses the padding and normalisation in timm's keys, so timm's eval
+    transform turns a 28x28 mode ``"L"`` image into the val/test tensor (see ``_eval_config``).
 
     Args:
         data_dir: directory of the official IDX files, or ``None`` for the embedded subset.
@@ -263,11 +283,31 @@ class FashionMNISTDataModule(_ImageDataModule):
         return self._in_data_dir(lambda: load_idx_split(self.data_dir, split))
 
     def _pad(self, images: np.ndarray) -> Tensor:
-        """``uint8 (N, 28, 28)`` -> ``uint8 (N, 1, image_size, image_size)``, zero-padded, centred."""
+        """``uint8 (N, 28, 28)`` -> ``uint8 (N, 1, image_size, image_size)``, zero-padded, centred.
+
+        ``(image_size - 28) // 2`` zeros go before (top, left), the rest after: torchvision's
+        ``CenterCrop`` pads this way too, which :meth:`_eval_config` relies on (odd sizes included).
+        """
         total = self.image_size - images.shape[-1]
         before = total // 2
         padded = np.pad(images, ((0, 0), (before, total - before), (before, total - before)))
         return torch.from_numpy(padded).unsqueeze(1)
+
+    def _eval_config(self) -> dict[str, Any]:
+        """Zero-pad 28 -> ``image_size``, centred, and normalise, in terms of timm's eval transform.
+
+        timm's ``"center"`` crop mode is ``Resize(floor(image_size / crop_pct))`` (short side),
+        ``CenterCrop(image_size)``, ``ToTensor`` and ``Normalize(mean, std)``. With
+        ``crop_pct = image_size / 28.5`` the resize target is 28 (28.5 rather than 28 keeps the
+        floor off a rounding edge; crop_pct > 1 is fine for timm): a 28x28 image is returned as is
+        (torchvision's ``Resize`` skips images already at the size, so ``interpolation`` does not
+        act on them), and ``CenterCrop`` pads it with zeros to ``image_size`` with the split of
+        :meth:`_pad`. ``ToTensor`` divides by 255, the units of ``self.mean`` / ``self.std``.
+        A larger image gets its short side scaled to 28 (``interpolation="bilinear"``), then the
+        same centre crop / zero padding.
+        """
+        return {"interpolation": "bilinear", "mean": tuple(self.mean), "std": tuple(self.std),
+                "crop_pct": self.image_size / (_FASHION_SIDE + 0.5), "crop_mode": "center"}
 
     def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         images, labels = self._load("train")
@@ -346,9 +386,14 @@ class ImageFolderDataModule(_ImageDataModule):
         try:
             self.train_transform = create_transform(**common, is_training=True, auto_augment=auto_augment or None,
                                                     re_prob=re_prob, color_jitter=color_jitter)
-            self.eval_transform = create_transform(**common, is_training=False, crop_pct=crop_pct)
+            self.eval_transform = create_transform(**common, is_training=False, crop_pct=crop_pct, crop_mode="center")
         except (ValueError, KeyError, AssertionError) as e:
             raise ValueError(f"bad transform arguments (interpolation={interpolation!r}, auto_augment={auto_augment!r}): {e!r}") from e
+
+    def _eval_config(self) -> dict[str, Any]:
+        """The arguments of ``self.eval_transform``: the card recipe builds the same transform."""
+        return {"interpolation": self.interpolation, "mean": self.mean, "std": self.std,
+                "crop_pct": self.crop_pct, "crop_mode": "center"}
 
     def _split_dir(self, arg: str, name: str) -> Path:
         path = self.root / name
@@ -378,6 +423,10 @@ class SyntheticDataModule(_ImageDataModule):
     scaled to unit variance. Labels are balanced. Everything is a function of ``seed``; the splits
     share the patterns and draw independent noise. ``self.patterns`` ``(num_classes, in_chans, S, S)``
     is set by ``setup``. Batches: ``x`` float32 ``(B, in_chans, S, S)``, ``y`` int64 ``(B,)``.
+
+    No image transform applies: the examples are generated tensors, not images, and are fed to the
+    model as they are. :meth:`data_config` records the input size and an identity normalisation
+    (mean 0, std 1 per channel, ``crop_pct`` 1, no resize or crop for an ``S x S`` input).
     """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, image_size: int = 32, num_train: int = 256,
@@ -395,6 +444,17 @@ class SyntheticDataModule(_ImageDataModule):
         self.class_names = [f"class_{i}" for i in range(num_classes)]
         self.sizes, self.seed, self.noise = (num_train, num_val, num_test), seed, noise
         self.patterns: Tensor | None = None
+
+    def _eval_config(self) -> dict[str, Any]:
+        """Identity normalisation (mean 0, std 1 per channel), no resize or crop (``crop_pct`` 1).
+
+        The synthetic examples are generated float tensors, not images: no image transform
+        reproduces them, and a model trained on them takes ``(B, in_chans, image_size, image_size)``
+        tensors directly. The config only records that size and that no normalisation applies (an
+        ``image_size`` image through the card recipe is just divided by 255).
+        """
+        return {"interpolation": "bilinear", "mean": (0.0,) * self.in_chans, "std": (1.0,) * self.in_chans,
+                "crop_pct": 1.0, "crop_mode": "center"}
 
     def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         g = torch.Generator().manual_seed(self.seed)

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import PREFIXES, load_checkpoint, model_from_checkpoint
+from .checkpoints import PREFIXES, export_metadata, load_checkpoint, model_from_checkpoint
 
 __all__ = ["add_arguments", "add_checkpoint_arguments", "export_checkpoint", "run"]
 
@@ -57,15 +57,36 @@ def export_checkpoint(
     label_names: Sequence[str] | None = None,
     data_config: Mapping[str, Any] | None = None,
     model_card: Mapping[str, Any] | None = None,
+    repo_id: str | None = None,
 ) -> tuple[Path, str]:
-    """Write the checkpoint's model as a Hub export; returns ``(directory, weights description)``."""
+    """Write the checkpoint's model as a Hub export; returns ``(directory, weights description)``.
+
+    The label names, the evaluation preprocessing (``data_config``), the dataset and the metrics
+    default to what the training run recorded in the checkpoint
+    (:data:`~lightning_modules.checkpoints.EXPORT_KEY`), so a standalone export reloads exactly
+    as the run evaluated it; given values take precedence. ``repo_id`` names the Hub repo in the
+    card's usage snippet (default: a ``local-dir:`` snippet).
+    """
     from dcls_zoo.hub import save_pretrained
 
     checkpoint = load_checkpoint(checkpoint_path)
     model, notes = model_from_checkpoint(checkpoint, arch=arch, num_classes=num_classes, ema=ema, prefix=prefix)
+    recorded = export_metadata(checkpoint)
     card = dict(model_card or {})
+    metrics = {**dict(recorded.get("metrics") or {}), **dict(card.get("metrics") or {})}
+    if metrics:
+        card["metrics"] = metrics
+    if recorded.get("dataset") and not card.get("dataset"):
+        card["dataset"] = recorded["dataset"]
     card.setdefault("training", f"trained with dcls-zoo (Lightning); exported from {Path(checkpoint_path).name}: {notes}")
-    directory = save_pretrained(model, out_dir, label_names=label_names, data_config=data_config, model_card=card)
+    directory = save_pretrained(
+        model,
+        out_dir,
+        label_names=label_names if label_names is not None else recorded.get("label_names"),
+        data_config=data_config if data_config is not None else recorded.get("data_config"),
+        model_card=card,
+        repo_id=repo_id,
+    )
     return directory, notes
 
 
@@ -74,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         directory, notes = export_checkpoint(
             args.checkpoint, args.out, ema=args.ema, arch=args.arch, num_classes=args.num_classes, prefix=args.prefix
         )
-    except ValueError as error:
+    except (ValueError, OSError, RuntimeError) as error:  # bad input, a full disk, weights that cannot be read
         print(f"dcls-zoo export: error: {error}", file=sys.stderr)
         return 1
     print(f"read {args.checkpoint}: {notes}")

@@ -7,8 +7,11 @@ Engineering (position clamping, EMA, plots, Hub pushes, checkpoints) lives in ca
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,15 +25,31 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 import dcls_zoo
+from dcls_zoo.names import SOURCE_PREFIXES
 from dcls_zoo.positions import position_owners
 from dcls_zoo.regularizers import repulsive_loss
+from dcls_zoo.weights.build import WEIGHT_SOURCE_ARGUMENTS, without_weight_sources
 
-from .checkpoints import load_pretrained_weights
+from .checkpoints import EXPORT_KEY, load_pretrained_weights
 from .optim import WarmupCosine, parameter_groups, upgrade_scheduler_state, warmup_cosine_scheduler
 
-__all__ = ["ImageClassifier", "NonFiniteLossError"]
+__all__ = ["ImageClassifier", "NonFiniteLossError", "restoring_from_checkpoint"]
 
 log = logging.getLogger(__name__)
+
+_RESTORING: contextvars.ContextVar[bool] = contextvars.ContextVar("dcls_zoo_restoring", default=False)
+
+
+@contextlib.contextmanager
+def restoring_from_checkpoint() -> Iterator[None]:
+    """Build :class:`ImageClassifier` objects inside the block to receive a checkpoint's weights:
+    nothing is downloaded (``pretrained`` and weight-fetching ``model_kwargs`` are skipped, with a
+    log line). ``ImageClassifier.load_from_checkpoint`` and the CLI's ``--ckpt_path`` use it."""
+    token = _RESTORING.set(True)
+    try:
+        yield
+    finally:
+        _RESTORING.reset(token)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -109,7 +128,27 @@ class ImageClassifier(pl.LightningModule):
         # The optimizer callable is configuration, not state: a checkpoint must not pickle it.
         self.save_hyperparameters(ignore=["optimizer"])
         self._injected = _Injected(optimizer=optimizer)
-        self.model = dcls_zoo.create_model(arch, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {}))
+        model_kwargs = dict(model_kwargs or {})
+        if _RESTORING.get():
+            # The weights come from the checkpoint: rebuild the network without fetching any.
+            if arch.startswith(SOURCE_PREFIXES):
+                raise ValueError(
+                    f"the checkpoint's arch is {arch!r}, a download source; a model rebuilt from saved weights "
+                    "downloads nothing. Give the registered architecture (--model.arch)"
+                )
+            model_kwargs = without_weight_sources(model_kwargs, "the checkpoint's model_kwargs")
+            if pretrained:
+                log.warning("ignoring pretrained=%r from the checkpoint: its own weights are loaded instead", pretrained)
+                pretrained = None
+        else:
+            sources = sorted(set(model_kwargs) & set(WEIGHT_SOURCE_ARGUMENTS))
+            if sources:
+                raise ValueError(
+                    f"model_kwargs: {', '.join(sources)} would load weights inside the model's constructor; give the "
+                    "weights to fine-tune from as pretrained=... (--model.pretrained: a tag, an export directory, "
+                    "a .ckpt or hf-hub:org/name)"
+                )
+        self.model = dcls_zoo.create_model(arch, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
         if pretrained:
             rank_zero_info(f"pretrained weights: {load_pretrained_weights(self.model, pretrained, arch)}")
         self.mixup = self._build_mixup()
@@ -242,6 +281,33 @@ class ImageClassifier(pl.LightningModule):
         schedule = WarmupCosine(warmup_steps, total_steps, self.hparams.min_lr_ratio)
         scheduler = warmup_cosine_scheduler(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> ImageClassifier:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``, rebuilding the network without downloading
+        anything (see :func:`restoring_from_checkpoint`): the weights are the checkpoint's."""
+        with restoring_from_checkpoint():
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record what an export of this checkpoint needs (``dcls-zoo export CKPT`` reads it): the
+        class names, the evaluation preprocessing and the dataset from the DataModule, and the
+        validation metrics of the epoch the checkpoint was saved at."""
+        trainer = self._trainer
+        data = getattr(trainer, "datamodule", None) if trainer is not None else None
+        metadata: dict[str, Any] = {}
+        if data is not None:
+            if getattr(data, "class_names", None):
+                metadata["label_names"] = list(data.class_names)
+            if hasattr(data, "data_config"):
+                metadata["data_config"] = data.data_config()
+            if getattr(data, "hub_dataset", None):
+                metadata["dataset"] = data.hub_dataset
+        if trainer is not None:
+            metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            if metrics:
+                metadata["metrics"] = {**metrics, "epoch": trainer.current_epoch}
+        checkpoint[EXPORT_KEY] = metadata
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         for state in checkpoint.get("lr_schedulers", []):

@@ -21,8 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .checkpoints import load_checkpoint, model_from_checkpoint
-from .export_command import add_checkpoint_arguments
+from .export_command import add_checkpoint_arguments, export_checkpoint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,10 +42,10 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dcls_zoo.hub import PushError, _require_token, push_to_hub, upload_export
+    from dcls_zoo.hub import PushError, require_token, upload_export
 
     try:
-        token = _require_token(None)
+        token = require_token(None)
     except ValueError as error:
         return _fail(str(error))
     source: Path = args.source
@@ -55,13 +54,13 @@ def run(args: argparse.Namespace) -> int:
         if source.is_dir():
             result = upload_export(source, args.repo_id, **common)
         elif source.is_file():
-            checkpoint = load_checkpoint(source)
-            model, notes = model_from_checkpoint(
-                checkpoint, arch=args.arch, num_classes=args.num_classes, ema=args.ema, prefix=args.prefix
-            )
-            print(f"read {source}: {notes}; loads strictly into {model.pretrained_cfg['architecture']}")
             out = args.out if args.out is not None else source.with_name(f"{source.stem}-export")
-            result = push_to_hub(model, args.repo_id, local_dir=out, **common)
+            directory, notes = export_checkpoint(
+                source, out, ema=args.ema, arch=args.arch, num_classes=args.num_classes, prefix=args.prefix,
+                repo_id=args.repo_id,
+            )
+            print(f"read {source}: {notes}; exported to {directory}")
+            result = upload_export(directory, args.repo_id, **common)
         else:
             return _fail(f"{source} does not exist")
     except PushError as error:

@@ -24,6 +24,7 @@ from safetensors import safe_open
 
 import dcls_zoo
 from dcls_zoo.hub import PICKLE_SUFFIXES, HubUnreachableError, PushError
+from dcls_zoo.state_dicts import clean_state_dict
 from fake_hub import FakeHub
 from lightning_modules import checkpoints, push_command
 from lightning_modules.cli import main
@@ -404,5 +405,7 @@ def test_checkpoint_weight_selection():
     assert select(averaged, True)[0] is ema and select(averaged, False)[0] is raw
     with pytest.raises(ValueError, match="no EMA"):
         select({"state_dict": raw}, True)
-    assert checkpoints.strip_prefix({"net.a": 1, "net.b": 2, "loss.c": 3}, None) == ({"a": 1, "b": 2}, "net.", 1)
-    assert checkpoints.strip_prefix({"a": 1}, None) == ({"a": 1}, "", 0)
+    assert clean_state_dict({"net.a": 1, "net.b": 2, "loss.c": 3}) == ({"a": 1, "b": 2}, "net.", 1)
+    assert clean_state_dict({"a": 1}) == ({"a": 1}, "", 0)
+    # wrapper prefixes on every key (DDP, torch.compile) go too, in either order
+    assert clean_state_dict({"model.module._orig_mod.a": 1}) == ({"a": 1}, "model.", 0)

@@ -30,7 +30,9 @@ from timm.models.convnext import ConvNeXt
 from torch import nn
 
 from ..layers import DclsConvNd
-from ..pretrained import PRETRAINED_WEIGHTS, build_model_with_weights
+from ..weights.build import build_model_with_weights
+from ..weights.official import official_checkpoint_filter
+from ..weights.table import PRETRAINED_WEIGHTS
 from .dclsify import DclsifyReport, dclsify
 
 __all__ = ["ConvNeXtDcls"]
@@ -125,9 +127,7 @@ class ConvNeXtDcls(ConvNeXt):
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
-    from ..convert import official_checkpoint_filter  # the converter knows our layout; import late
-
-    # pretrained=True resolves through dcls_zoo.pretrained (Hub repo, else the authors' file).
+    # pretrained=True resolves through dcls_zoo.weights.build (Hub repo, else the authors' file).
     return build_model_with_weights(
         ConvNeXtDcls,
         variant,

@@ -1,0 +1,240 @@
+"""The model card of an export: DCLS settings, the positions picture, the card text.
+
+:func:`dcls_settings` summarises a model's DCLS configuration (for the card and the weights'
+metadata); :func:`save_positions_figure` draws the learned positions; :func:`render_card` writes
+``README.md``: YAML front matter for the Hub, model details, the preprocessing and the one call that
+reproduces it, DCLS settings, usage, metrics, training, citation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..positions import dcls_layers, position_owners
+from ..shared import SHARED_ATTRIBUTE, SharedPositions
+
+__all__ = ["CARD_KEYS", "CARD_NAME", "CITATION", "POSITIONS_NAME", "dcls_settings", "render_card", "save_positions_figure"]
+
+CARD_NAME = "README.md"
+POSITIONS_NAME = "positions.png"
+
+CITATION = """@inproceedings{khalfaouihassani2023dilated,
+  title     = {Dilated convolution with learnable spacings},
+  author    = {Khalfaoui-Hassani, Ismail and Pellegrini, Thomas and Masquelier, Timoth{\\'e}e},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2023}
+}"""
+
+# Keys a ``model_card`` dict may hold (anything else is a typo and raises).
+CARD_KEYS = {
+    "model_name": "title of the card (default: the repo name or the architecture)",
+    "description": "free text under the title",
+    "dataset": "training dataset: a Hub dataset id or a list of them (front matter `datasets`)",
+    "metrics": "mapping metric -> value, e.g. {'top-1 (ImageNet-1k val)': 82.5}",
+    "training": "the training recipe: text, or a mapping setting -> value",
+    "license": "SPDX-like license id for the front matter (default: the architecture's, else mit)",
+    "tags": "extra Hub tags",
+    "citation": "extra BibTeX, cited after the DCLS paper",
+}
+
+
+def _position_groups(model: nn.Module) -> list[tuple[str, torch.Tensor, tuple[int, ...]]]:
+    """``(name, P, learned window)`` for every position tensor of ``model``, each once."""
+    return [(h.path, h.owner.P, tuple(h.owner.learned_kernel_size)) for h in position_owners(model)]
+
+
+def _size(window: Sequence[int]) -> str:
+    return "x".join(str(s) for s in window)
+
+
+def dcls_settings(model: nn.Module) -> dict[str, Any]:
+    """The model's DCLS configuration, for the card and the weights' metadata (``{}`` without DCLS).
+
+    Keys: ``layers`` (count), ``window`` (e.g. ``"17x17"``; several joined by ``", "``),
+    ``kernel_count``, ``interpolation``, ``learned_axes``, ``sharing`` (a sentence),
+    ``position_groups`` (count), and from ``model.dclsify_report`` when present
+    ``converted_parameters`` (``"before -> after"``) and ``skipped`` (count).
+    """
+    layers = dcls_layers(model)
+    if not layers:
+        return {}
+    shared = [name for name, m in model.named_modules() if isinstance(m, SharedPositions)]
+    own = [name for name, m in layers if m.shared_positions is None]
+    if shared and not own:
+        report = getattr(model, "dclsify_report", None)
+        per_stage = report is not None and all(c.shared_group for c in report.converted)
+        unit = "per stage" if per_stage else "per group"
+        sharing = f"positions shared {unit}: {len(shared)} groups for {len(layers)} layers, stored once each"
+    elif shared:
+        sharing = f"{len(shared)} shared position groups, {len(own)} layers with their own positions"
+    else:
+        sharing = "none (every layer learns its own positions)"
+    settings: dict[str, Any] = {
+        "layers": len(layers),
+        "window": ", ".join(sorted({_size(m.dilated_kernel_size) for _, m in layers})),
+        "kernel_count": ", ".join(str(c) for c in sorted({m.kernel_count for _, m in layers})),
+        "interpolation": ", ".join(sorted({m.version for _, m in layers})),
+        "learned_axes": ", ".join(sorted({str(tuple(m.learned_axes)) for _, m in layers})),
+        "sharing": sharing,
+        "position_groups": len(shared) + len(own),
+    }
+    report = getattr(model, "dclsify_report", None)
+    if report is not None:
+        settings["converted_parameters"] = f"{report.params_before:,} -> {report.params_after:,}"
+        settings["skipped"] = len(report.skipped)
+    return settings
+
+
+def save_positions_figure(model: nn.Module, path: str | os.PathLike[str], max_panels: int = 16) -> Path | None:
+    """Scatter the learned 2D positions of each position group in its window and save a PNG.
+
+    One panel per group (a stage's shared positions, or a layer's own), every element of every
+    channel a dot at ``(x, y) = (P[1], P[0])`` in window coordinates (row 0 at the top, as an
+    image of the kernel). Groups with other than two learned axes are left out; at most
+    ``max_panels`` panels. Drawn with matplotlib's Agg canvas (no pyplot, no display).
+
+    Returns:
+        The path, or None when the model has no 2D positions (nothing written).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    groups = [(n, p, w) for n, p, w in _position_groups(model) if p.shape[0] == 2 and len(w) == 2]
+    if not groups:
+        return None
+    shown = groups[:max_panels]
+    columns = min(4, len(shown))
+    rows = -(-len(shown) // columns)
+    figure = Figure(figsize=(3.2 * columns, 3.6 * rows))
+    FigureCanvasAgg(figure)
+    # fixed margins (a layout engine would double the drawing time); room for two-line titles
+    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.3 / (3.6 * rows), top=1 - 0.75 / (3.6 * rows),
+                           wspace=0.3, hspace=0.75 / 3.6 * 2)
+    for index, (name, positions, window) in enumerate(shown):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        values = positions.detach().to("cpu", torch.float32)
+        y = (values[0] + window[0] // 2).flatten().numpy()
+        x = (values[1] + window[1] // 2).flatten().numpy()
+        axes.scatter(x, y, s=2, alpha=min(1.0, max(0.05, 300 / max(len(x), 1))), linewidths=0)
+        axes.set_xlim(-0.5, window[1] - 0.5)
+        axes.set_ylim(window[0] - 0.5, -0.5)
+        axes.set_aspect("equal")
+        axes.set_xticks(range(0, window[1], max(1, window[1] // 4)))
+        axes.set_yticks(range(0, window[0], max(1, window[0] // 4)))
+        axes.grid(True, linewidth=0.3, alpha=0.5)
+        count = positions.shape[-1]
+        axes.set_title(f"{name}\n{_size(window)} window, {count} elements x {values[0].numel() // count} kernels",
+                       fontsize=8)
+    if len(groups) > len(shown):
+        figure.suptitle(f"first {len(shown)} of {len(groups)} position groups", fontsize=9)
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def _yaml_list(key: str, items: Sequence[str]) -> list[str]:
+    return [f"{key}:"] + [f"- {json.dumps(str(item))}" for item in items]
+
+
+def _table(rows: Mapping[str, Any]) -> list[str]:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {key} | {str(value).replace('|', '/')} |" for key, value in rows.items()]
+    return lines
+
+
+def render_card(
+    model: nn.Module,
+    config: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    card: Mapping[str, Any],
+    has_picture: bool,
+    repo_id: str | None,
+    directory: Path,
+) -> str:
+    architecture = config["architecture"]
+    pretrained_cfg = config.get("pretrained_cfg", {})
+    license_id = card.get("license") or pretrained_cfg.get("license") or "mit"
+    datasets = card.get("dataset")
+    datasets = [datasets] if isinstance(datasets, str) else list(datasets or [])
+    tags = ["image-classification", "timm", "dcls", "dcls-zoo", *card.get("tags", [])]
+    tags = list(dict.fromkeys(tags))
+
+    front = ["---", f"license: {json.dumps(str(license_id))}", "library_name: timm",
+             "pipeline_tag: image-classification", *_yaml_list("tags", tags)]
+    if datasets:
+        front += _yaml_list("datasets", datasets)
+    front.append("---")
+
+    name = card.get("model_name") or (repo_id.split("/")[-1] if repo_id else architecture)
+    lines = [*front, "", f"# {name}", ""]
+    lines.append(card.get("description") or (
+        f"A `{architecture}` image classifier with DCLS convolutions (Dilated Convolution with Learnable "
+        "Spacings), exported by dcls-zoo in timm's format."
+    ))
+    parameters = sum(p.numel() for p in model.parameters())
+    details = {
+        "architecture": f"`{architecture}`",
+        "model arguments": f"`{json.dumps(config.get('model_args', {}), sort_keys=True)}`",
+        "parameters": f"{parameters / 1e6:.2f}M ({parameters:,})",
+        "classes": config.get("num_classes"),
+        "input size": "x".join(str(s) for s in pretrained_cfg.get("input_size", ())),
+        "mean / std": f"{pretrained_cfg.get('mean')} / {pretrained_cfg.get('std')}",
+        "interpolation / crop": f"{pretrained_cfg.get('interpolation')} / {pretrained_cfg.get('crop_pct')}",
+        "labels": "in `config.json` (`label_names`)" if config.get("label_names") else "not recorded",
+    }
+    lines += ["", "## Model details", "", *_table(details)]
+
+    lines += ["", "## DCLS settings", ""]
+    if settings:
+        rows = {
+            "DCLS layers": settings["layers"],
+            "window (dilated kernel size)": settings["window"],
+            "elements per kernel (kernel count)": settings["kernel_count"],
+            "interpolation": settings["interpolation"],
+            "learned axes": settings["learned_axes"],
+            "sharing": settings["sharing"],
+        }
+        if "converted_parameters" in settings:
+            rows["parameters of the converted layers"] = settings["converted_parameters"]
+        lines += _table(rows)
+        lines += ["", f"Positions are stored once per group (`...{SHARED_ATTRIBUTE}.<role>.P`); call "
+                  "`dcls_zoo.clamp_model_positions_(model)` after every optimizer step when fine-tuning."]
+    else:
+        lines.append("This model has no DCLS layer (a baseline of the zoo).")
+    if has_picture:
+        lines += ["", "### Learned positions", "",
+                  f"![learned positions, one panel per position group]({POSITIONS_NAME})", "",
+                  "Each dot is one kernel element at (column, row) = (`P[1]`, `P[0]`) in its window."]
+
+    source = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{directory}"
+    lines += ["", "## Usage", "", "```python", "import dcls_zoo  # registers the DCLS architectures in timm",
+              "import timm", "", f"model = dcls_zoo.create_model({source!r}, pretrained=True).eval()",
+              f"# or, after `import dcls_zoo`: timm.create_model({source!r}, pretrained=True)",
+              "data_config = timm.data.resolve_data_config({}, model=model)",
+              "transform = timm.data.create_transform(**data_config)", "```"]
+
+    if datasets:
+        lines += ["", "## Dataset", "", ", ".join(f"`{d}`" for d in datasets)]
+    metrics = card.get("metrics")
+    if metrics:
+        lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {key} | {value} |" for key, value in dict(metrics).items()]
+    training = card.get("training")
+    if training:
+        lines += ["", "## Training", ""]
+        lines += _table(training) if isinstance(training, Mapping) else [str(training)]
+
+    lines += ["", "## License", "", f"`{license_id}`."]
+    lines += ["", "## Citation", "", "```bibtex", CITATION, "```"]
+    if card.get("citation"):
+        lines += ["", "```bibtex", str(card["citation"]).strip(), "```"]
+    return "\n".join(lines) + "\n"
+
+
