@@ -139,6 +139,22 @@ def save_positions_figure(model: nn.Module, path: str | os.PathLike[str], max_pa
     return path
 
 
+def _transform_phrase(cfg: Mapping[str, Any]) -> str:
+    """timm's evaluation transform for ``cfg`` in words (its default crop mode, "center")."""
+    import math
+
+    size = cfg.get("input_size") or ()
+    if len(size) != 3:
+        return "not recorded"
+    crop_pct = cfg.get("crop_pct") or 0.875
+    side = math.floor(size[-1] / crop_pct)
+    resize = f"resize the short side to {side} px ({cfg.get('interpolation', 'bicubic')})"
+    if cfg.get("crop_mode", "center") != "center":
+        return f"crop mode {cfg['crop_mode']!r}, crop_pct {crop_pct:g}"
+    fit = "centre-crop" if side >= size[-1] else "zero-pad (centred)"
+    return f"{resize}, {fit} to {size[-2]}x{size[-1]}, normalise with the mean / std below (crop_pct {crop_pct:.4g})"
+
+
 def _yaml_list(key: str, items: Sequence[str]) -> list[str]:
     return [f"{key}:"] + [f"- {json.dumps(str(item))}" for item in items]
 
@@ -185,8 +201,8 @@ def render_card(
         "parameters": f"{parameters / 1e6:.2f}M ({parameters:,})",
         "classes": config.get("num_classes"),
         "input size": "x".join(str(s) for s in pretrained_cfg.get("input_size", ())),
+        "evaluation transform": _transform_phrase(pretrained_cfg),
         "mean / std": f"{pretrained_cfg.get('mean')} / {pretrained_cfg.get('std')}",
-        "interpolation / crop": f"{pretrained_cfg.get('interpolation')} / {pretrained_cfg.get('crop_pct')}",
         "labels": "in `config.json` (`label_names`)" if config.get("label_names") else "not recorded",
     }
     lines += ["", "## Model details", "", *_table(details)]
@@ -213,12 +229,25 @@ def render_card(
                   f"![learned positions, one panel per position group]({POSITIONS_NAME})", "",
                   "Each dot is one kernel element at (column, row) = (`P[1]`, `P[0]`) in its window."]
 
-    source = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{directory}"
-    lines += ["", "## Usage", "", "```python", "import dcls_zoo  # registers the DCLS architectures in timm",
-              "import timm", "", f"model = dcls_zoo.create_model({source!r}, pretrained=True).eval()",
-              f"# or, after `import dcls_zoo`: timm.create_model({source!r}, pretrained=True)",
+    source = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{directory.resolve()}"
+    channels = (pretrained_cfg.get("input_size") or (3,))[0]
+    mode = {1: "L", 3: "RGB"}.get(channels)
+    lines += ["", "## Usage", "",
+              "The evaluation transform the model was tested with is recorded in `config.json`; timm's data "
+              "config rebuilds it exactly:", "",
+              "```python", "import dcls_zoo  # registers the DCLS architectures in timm", "import timm", "import torch",
+              "from PIL import Image", "", f"model = dcls_zoo.create_model({source!r}, pretrained=True).eval()",
+              f"# (sha256-checked; timm.create_model({source!r}, pretrained=True) loads it unchecked)",
               "data_config = timm.data.resolve_data_config({}, model=model)",
-              "transform = timm.data.create_transform(**data_config)", "```"]
+              "transform = timm.data.create_transform(**data_config)",
+              'labels = model.pretrained_cfg.get("label_names")', "",
+              "def predict(image: Image.Image, k: int = 3) -> list[tuple[str, float]]:",
+              f'    x = transform(image.convert("{mode}")).unsqueeze(0)' if mode else "    x = transform(image).unsqueeze(0)",
+              "    with torch.no_grad():",
+              "        probabilities = model(x).softmax(-1)[0]",
+              "    top = probabilities.topk(k)",
+              "    return [(labels[i] if labels else str(i), p) for p, i in zip(top.values.tolist(), top.indices.tolist())]",
+              "```"]
 
     if datasets:
         lines += ["", "## Dataset", "", ", ".join(f"`{d}`" for d in datasets)]

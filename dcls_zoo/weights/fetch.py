@@ -225,10 +225,13 @@ _HOOKS_INSTALLED = False
 
 
 def _silence_exceeded(limit: float) -> Exception:
-    import httpx2  # huggingface_hub's HTTP client
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
-    # A timeout to huggingface_hub, so that it falls back on its cache as for any silent server.
-    return httpx2.ReadTimeout(f"no answer from the server for {limit:g} s ({TIMEOUT_ENV})")
+    class SilenceExceeded(OfflineModeIsEnabled):
+        """No answer for the whole limit. huggingface_hub never retries this error and falls back
+        on its cache as it does offline (a timeout would be retried 5 more times, with sleeps)."""
+
+    return SilenceExceeded(f"no answer from the server for {limit:g} s ({TIMEOUT_ENV})")
 
 
 def _on_request(request: Any) -> None:

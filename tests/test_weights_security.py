@@ -1,0 +1,403 @@
+"""Weights from the wild: hostile names, hostile checkpoints, links, silent servers, broken files.
+
+Every server here is loopback: a tiny HTTP server for URL files, the fake Hub (``fake_hub.py``)
+for Hub repos, and a socket that accepts connections and never answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+import dcls_zoo
+from dcls_zoo.state_dicts import WeightsFileError, sha256_file
+from dcls_zoo.weights import fetch
+from dcls_zoo.weights.fetch import ChecksumMismatchError, HubUnreachableError, UnsafeFileNameError
+from lightning_modules.checkpoints import load_checkpoint
+from lightning_modules.cli import main
+from lightning_modules.module import ImageClassifier
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCH = "convnext_dcls_atto"
+
+
+# ------------------------------------------------------------------------------------------
+# loopback servers
+
+
+class FileServer:
+    """Serves ``files[path] = bytes`` on 127.0.0.1 and logs every request path (raw, undecoded)."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: list[str] = []
+        state = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                state.requests.append(self.path)
+                body = state.files.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs=dict(poll_interval=0.02), daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def file_server():
+    server = FileServer()
+    yield server
+    server.close()
+
+
+class SilentServer:
+    """Accepts every connection and never sends a byte."""
+
+    def __init__(self) -> None:
+        self.socket = socket.socket()
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(64)
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+
+    def close(self) -> None:
+        self.socket.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@pytest.fixture
+def caches(tmp_path, monkeypatch):
+    """A private torch hub dir (URL downloads land in <it>/checkpoints)."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
+    return tmp_path / "torch" / "checkpoints"
+
+
+def _atto_state_file(path: Path) -> Path:
+    from safetensors.torch import save_file
+
+    model = dcls_zoo.create_model(ARCH, num_classes=10)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# 1a. a file name from a URL stays in its directory
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["%2Ftmp%2Fowned.pth", "..%2F..%2Fowned.pth", "%2E%2E", "a%5Cb.pth", "x%00.pth", "..", "%2e%2e%2fowned.pth"],
+)
+def test_url_file_names_that_would_leave_the_cache_are_refused(name):
+    with pytest.raises(UnsafeFileNameError, match="plain name|no file name"):
+        fetch.url_file_name(f"http://127.0.0.1:1/files/{name}")
+
+
+def test_plain_url_file_names_are_decoded():
+    assert fetch.url_file_name("http://h/files/convnext%20tiny.pth?x=1") == "convnext tiny.pth"
+    assert fetch.url_file_name("http://h/a/b/model.safetensors") == "model.safetensors"
+
+
+def test_a_percent_2f_url_writes_nothing_outside_the_cache(file_server, caches, tmp_path):
+    target = tmp_path / "outside" / "owned.pth"
+    target.parent.mkdir()
+    hostile = "/files/" + str(target).replace("/", "%2F")
+    file_server.files[hostile] = b"import os  # would run at the next interpreter start"
+    url = file_server.url + hostile
+    with pytest.raises(UnsafeFileNameError, match="plain name"):
+        dcls_zoo.create_model(ARCH, pretrained=True, pretrained_cfg_overlay={"url": url})
+    assert not target.exists()
+    assert file_server.requests == []  # refused before any request
+    assert not caches.exists() or list(caches.iterdir()) == []
+
+
+def test_a_symlink_planted_in_the_cache_is_not_followed(caches, tmp_path):
+    caches.mkdir(parents=True)
+    outside = tmp_path / "elsewhere.pth"
+    (caches / "weights.pth").symlink_to(outside)
+    with pytest.raises(UnsafeFileNameError, match="resolves outside"):
+        fetch.confined_path(caches, "weights.pth")
+
+
+def test_an_explicit_url_still_loads_when_its_name_is_plain(file_server, caches, tmp_path):
+    weights = _atto_state_file(tmp_path / "atto.safetensors")
+    file_server.files["/files/atto.safetensors"] = weights.read_bytes()
+    model = dcls_zoo.create_model(
+        ARCH, pretrained=True, num_classes=10, pretrained_cfg_overlay={"url": file_server.url + "/files/atto.safetensors"}
+    )
+    assert (caches / "atto.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    for key, value in load_file(weights).items():
+        if not key.startswith("head.fc."):  # timm starts a head of another class count than the config's afresh
+            torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------
+# 1b. rebuilding from saved weights never downloads
+
+
+def _hostile_checkpoint(path: Path, url: str, **hparams) -> Path:
+    """A checkpoint of plain data only (passes weights_only) whose model arguments ask for a download."""
+    model = dcls_zoo.create_model(ARCH, num_classes=10, in_chans=1)
+    checkpoint = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": {
+            "arch": ARCH,
+            "num_classes": 10,
+            "in_chans": 1,
+            "model_kwargs": {"pretrained": True, "pretrained_cfg_overlay": {"url": url}},
+            **hparams,
+        },
+        "pytorch-lightning_version": "2.6.6",
+    }
+    torch.save(checkpoint, path)
+    load_checkpoint(path)  # plain data: the safe loader reads it
+    return path
+
+
+def test_a_checkpoint_with_download_arguments_downloads_nothing_on_load(file_server, caches, tmp_path, caplog):
+    target = tmp_path / "owned.pth"
+    url = file_server.url + "/files/" + str(target).replace("/", "%2F")
+    ckpt = _hostile_checkpoint(tmp_path / "hostile.ckpt", url, pretrained="in1k")
+    with caplog.at_level("WARNING"):
+        module = ImageClassifier.load_from_checkpoint(ckpt, weights_only=True, map_location="cpu")
+    assert file_server.requests == [] and not target.exists()
+    assert "ignoring the model arguments pretrained, pretrained_cfg_overlay" in caplog.text
+    assert "ignoring pretrained='in1k'" in caplog.text
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    for key, value in module.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0)
+
+
+def test_export_of_a_hostile_checkpoint_downloads_nothing(file_server, caches, tmp_path):
+    target = tmp_path / "owned.pth"
+    url = file_server.url + "/files/" + str(target).replace("/", "%2F")
+    ckpt = _hostile_checkpoint(tmp_path / "hostile.ckpt", url)
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_modules", "export", str(ckpt), "--out", str(tmp_path / "export")],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ignoring the model arguments pretrained, pretrained_cfg_overlay" in result.stderr
+    assert file_server.requests == [] and not target.exists()
+    assert (tmp_path / "export" / "model.safetensors").is_file()
+
+
+def test_a_checkpoint_whose_arch_is_a_download_source_is_refused(tmp_path):
+    ckpt = _hostile_checkpoint(tmp_path / "hub.ckpt", "http://127.0.0.1:1/x.pth", arch="hf-hub:attacker/repo")
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "out")]) == 1
+    with pytest.raises(ValueError, match="download source"):
+        ImageClassifier.load_from_checkpoint(ckpt, weights_only=True)
+
+
+def test_fit_refuses_weight_sources_in_model_kwargs():
+    with pytest.raises(ValueError, match=r"model_kwargs: pretrained_cfg_overlay .*--model\.pretrained"):
+        ImageClassifier(arch=ARCH, num_classes=10, model_kwargs={"pretrained_cfg_overlay": {"url": "http://x/y.pth"}})
+
+
+# ------------------------------------------------------------------------------------------
+# 2. push never follows a link out of the export
+
+
+def test_push_refuses_a_symlink_before_any_request(fake_hub, tmp_path, capsys):
+    export = tmp_path / "export"
+    dcls_zoo.save_pretrained(dcls_zoo.create_model(ARCH, num_classes=3), export)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("hf_the_users_real_token")
+    (export / "notes.txt").symlink_to(secret)
+    assert main(["push", str(export), "--repo-id", "tester/linked"]) == 1
+    error = capsys.readouterr().err
+    assert "symlinks notes.txt" in error and "regular files only" in error
+    assert fake_hub.requests == []
+    (export / "notes.txt").unlink()
+    linked_dir = tmp_path / "linked-export"
+    linked_dir.symlink_to(export)
+    assert main(["push", str(linked_dir), "--repo-id", "tester/linked"]) == 1
+    assert "is a symlink" in capsys.readouterr().err
+    assert fake_hub.requests == []
+
+
+# ------------------------------------------------------------------------------------------
+# 3. a Hub that never answers
+
+
+def test_a_silent_hub_fails_within_the_limit(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    silent = SilentServer()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", silent.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", silent.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv(fetch.TIMEOUT_ENV, "1.5")
+        start = time.monotonic()
+        with pytest.raises(HubUnreachableError) as info:
+            dcls_zoo.create_model("hf-hub:tester/silent", pretrained=True)
+        elapsed = time.monotonic() - start
+    finally:
+        silent.close()
+    # huggingface_hub alone waits 60 s per try, 6 tries, with 1-8 s sleeps between them (about 400 s)
+    assert elapsed < 1.5 + 5, elapsed
+    message = str(info.value)
+    assert "HF_HUB_OFFLINE=1" in message and "HF_ENDPOINT" in message and f"raise {fetch.TIMEOUT_ENV}" in message
+    assert "no answer from the server for 1.5 s" in message
+
+
+def test_the_limit_is_between_answers_not_for_the_whole_transfer(monkeypatch, caches):
+    """A slow but live download (each chunk well within the limit, the whole longer) completes."""
+    body = os.urandom(6 * 1024)
+
+    class Trickle(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for start in range(0, len(body), 1024):
+                time.sleep(0.3)
+                self.wfile.write(body[start : start + 1024])
+                self.wfile.flush()
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=httpd.serve_forever, kwargs=dict(poll_interval=0.02), daemon=True).start()
+    try:
+        monkeypatch.setenv(fetch.TIMEOUT_ENV, "1")
+        start = time.monotonic()
+        path = fetch.url_file(f"http://127.0.0.1:{httpd.server_port}/slow.bin", progress=False)
+        assert time.monotonic() - start > 1.5  # longer than the limit in total
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert path.read_bytes() == body
+
+
+def test_a_bad_timeout_value_is_named(monkeypatch):
+    monkeypatch.setenv(fetch.TIMEOUT_ENV, "soon")
+    with pytest.raises(ValueError, match="DCLS_ZOO_HUB_TIMEOUT='soon': expected a positive number"):
+        fetch.hub_timeout()
+
+
+# ------------------------------------------------------------------------------------------
+# 4. corrupt files are named
+
+
+def test_a_truncated_export_is_named(tmp_path):
+    export = tmp_path / "export"
+    dcls_zoo.save_pretrained(dcls_zoo.create_model(ARCH, num_classes=3), export)
+    weights = export / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ChecksumMismatchError, match=r"sha256 mismatch for local-dir:.*model\.safetensors"):
+        dcls_zoo.create_model(f"local-dir:{export}", pretrained=True)
+    # without recorded checksums (an export written by timm): the truncation itself is named
+    config = json.loads((export / "config.json").read_text())
+    del config["dcls_zoo"]
+    (export / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsFileError, match=r"model\.safetensors .*truncated or not a safetensors file"):
+        dcls_zoo.create_model(f"local-dir:{export}", pretrained=True)
+
+
+def test_a_garbled_config_is_named(tmp_path):
+    export = tmp_path / "export"
+    dcls_zoo.save_pretrained(dcls_zoo.create_model(ARCH, num_classes=3), export)
+    (export / "config.json").write_text('{"architecture": "convnext_dcls_atto",')
+    with pytest.raises(WeightsFileError, match=r"config\.json is not valid JSON"):
+        dcls_zoo.create_model(f"local-dir:{export}", pretrained=True)
+
+
+def test_a_truncated_authors_file_is_named_by_convert(tmp_path, capsys):
+    model = dcls_zoo.create_model(ARCH, num_classes=10)
+    full = tmp_path / "official.pth"
+    torch.save({"model": model.state_dict()}, full)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(full.read_bytes()[:1000])
+    assert main(["convert", str(cut), "--arch", ARCH, "--out", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert f"cannot read the authors' checkpoint '{cut}'" in error and "truncated or corrupted" in error
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    assert main(["convert", str(empty), "--arch", ARCH, "--out", str(tmp_path / "out")]) == 1
+    assert "truncated or corrupted" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------
+# 5. a tampered export is refused where dcls-zoo loads it
+
+
+def test_a_tampered_export_is_refused_and_an_untouched_one_loads(tmp_path, fake_hub):
+    model = dcls_zoo.create_model(ARCH, num_classes=3).eval()
+    export = tmp_path / "export"
+    dcls_zoo.save_pretrained(model, export)
+    recorded = json.loads((export / "config.json").read_text())["dcls_zoo"]["files"]["model.safetensors"]
+    assert recorded["sha256"] == sha256_file(export / "model.safetensors")
+
+    dcls_zoo.create_model(f"local-dir:{export}", pretrained=True)  # untouched: loads
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(export / "model.safetensors")
+    state["head.fc.bias"] = state["head.fc.bias"] + 1.0  # a well-formed file with other weights
+    save_file(state, export / "model.safetensors")
+    with pytest.raises(ChecksumMismatchError, match="sha256 mismatch"):
+        dcls_zoo.create_model(f"local-dir:{export}", pretrained=True)
+    # fine-tuning from the export directory checks it too
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        ImageClassifier(arch=ARCH, num_classes=3, pretrained=str(export))
+    # and push refuses to upload it
+    assert main(["push", str(export), "--repo-id", "tester/tampered"]) == 1
+    assert fake_hub.requests == []
+
+
+def test_a_tampered_hub_repo_is_refused(tmp_path, fake_hub):
+    model = dcls_zoo.create_model(ARCH, num_classes=3).eval()
+    result = dcls_zoo.push_to_hub(model, "tester/checked", local_dir=tmp_path / "export")
+    loaded = dcls_zoo.create_model("hf-hub:tester/checked", pretrained=True).eval()
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x))
+    # the weights on the Hub change behind the recorded checksum
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(Path(result.local_dir) / "model.safetensors")
+    state["head.fc.bias"] = state["head.fc.bias"] - 1.0
+    save_file(state, tmp_path / "other.safetensors")
+    from huggingface_hub import HfApi
+
+    HfApi().upload_file(path_or_fileobj=tmp_path / "other.safetensors", path_in_repo="model.safetensors",
+                        repo_id="tester/checked")
+    with pytest.raises(ChecksumMismatchError, match=r"hf-hub:tester/checked: model\.safetensors"):
+        dcls_zoo.create_model("hf-hub:tester/checked", pretrained=True)
