@@ -9,7 +9,7 @@
 Each entry point is ``dcls_zoo.create_model(<name>, pretrained=..., revision=..., **kwargs)``; the
 entry points are generated from the model registry, so a newly registered model appears here.
 Pretrained weights come through ``huggingface_hub`` (safetensors, checksums, ``HF_HUB_OFFLINE``),
-else the authors' released files converted on load (see ``dcls_zoo/pretrained.py``).
+else the authors' released files converted on load (see ``dcls_zoo/weights/build.py``).
 
 torch.hub imports this file with the repository root on ``sys.path``; a ``dcls_zoo`` already
 imported in the calling process (an installed copy) is used instead of the checkout's.

@@ -217,6 +217,31 @@ def test_export_of_a_hostile_checkpoint_downloads_nothing(file_server, caches, t
     assert (tmp_path / "export" / "model.safetensors").is_file()
 
 
+def test_push_of_a_hostile_checkpoint_downloads_nothing(file_server, caches, fake_hub, tmp_path):
+    target = tmp_path / "owned.pth"
+    url = file_server.url + "/files/" + str(target).replace("/", "%2F")
+    ckpt = _hostile_checkpoint(tmp_path / "hostile.ckpt", url, pretrained="hf-hub:attacker/weights")
+    assert main(["push", str(ckpt), "--repo-id", "tester/pushed"]) == 0
+    assert file_server.requests == [] and not target.exists()
+    assert not [r for r in fake_hub.requests if "attacker" in r[1]]  # only the upload reached the Hub
+
+
+@pytest.mark.slow
+def test_cli_test_of_a_hostile_checkpoint_downloads_nothing(file_server, tmp_path):
+    target = tmp_path / "owned.pth"
+    url = file_server.url + "/files/" + str(target).replace("/", "%2F")
+    ckpt = _hostile_checkpoint(tmp_path / "hostile.ckpt", url, pretrained="in1k")
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"))
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_modules", "test", "-c", str(ROOT / "configs" / "quickstart.yaml"),
+         f"--ckpt_path={ckpt}", "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ignoring the model arguments pretrained, pretrained_cfg_overlay" in result.stderr
+    assert file_server.requests == [] and not target.exists()
+
+
 def test_a_checkpoint_whose_arch_is_a_download_source_is_refused(tmp_path):
     ckpt = _hostile_checkpoint(tmp_path / "hub.ckpt", "http://127.0.0.1:1/x.pth", arch="hf-hub:attacker/repo")
     assert main(["export", str(ckpt), "--out", str(tmp_path / "out")]) == 1
