@@ -393,8 +393,6 @@ def _pretrained_cfgs(model: nn.Module) -> list[dict[str, Any]]:
     return found
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # exports: local-dir: and hf-hub: sources, verified
 

@@ -224,6 +224,13 @@ _HOOKS_LOCK = threading.Lock()
 _HOOKS_INSTALLED = False
 
 
+def _http_client_module() -> Any:
+    """The HTTP library huggingface_hub's client comes from (``httpx2`` in 2.x, ``httpx`` in 1.x)."""
+    from huggingface_hub.utils import _http
+
+    return getattr(_http, "httpx2", None) or getattr(_http, "httpx", None)
+
+
 def _silence_exceeded(limit: float) -> Exception:
     from huggingface_hub.errors import OfflineModeIsEnabled
 
@@ -263,7 +270,11 @@ def _install_hub_hooks() -> None:
             return
         from huggingface_hub.utils import _http
 
-        previous = _http._GLOBAL_CLIENT_FACTORY
+        previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None)
+        if previous is None or not hasattr(_http, "set_client_factory"):  # a client without factories
+            _logger.debug("huggingface_hub %s has no client factory: its own timeouts apply", _http.__name__)
+            _HOOKS_INSTALLED = True
+            return
 
         def client_factory() -> Any:
             client = previous()
@@ -369,10 +380,11 @@ def hub_unreachable_error(
 
 def _unreachable(error: BaseException) -> bool:
     """Whether ``error`` (from huggingface_hub or timm's use of it) means "no server, no cached copy"."""
-    import httpx2
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    return isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled, httpx2.TransportError, TimeoutError))
+    client = _http_client_module()
+    transport = (client.TransportError,) if client is not None else ()
+    return isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError, *transport))
 
 
 @contextlib.contextmanager
