@@ -24,7 +24,6 @@ import hashlib
 import os
 import pickle
 import tempfile
-import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -136,20 +135,29 @@ def load_torch_file(
         with torch.serialization.safe_globals(list(allowed_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        # Keep torch's line naming the offending global, without its long advice text.
         lines = str(error).strip().splitlines()
-        reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0] if lines else "")
-        reason = reason.split(" Please use", 1)[0].rstrip(".").strip() or type(error).__name__
+        # A refused object names its global or class; other messages ("Unsupported operand") mean
+        # the bytes are no pickle torch wrote.
+        markers = ("GLOBAL", "Unsupported global", "Unsupported class")
+        refused = next((line for line in lines if any(marker in line for marker in markers)), None)
+        if refused is None:  # not a refused object: bytes that are no pickle at all
+            raise _unreadable(path, what, error, "torch") from error
+        # Keep torch's line naming the offending global, without its long advice text.
+        reason = refused.split(" Please use", 1)[0].rstrip(".").strip()
         raise WeightsFileError(
             f"refusing to load {what} {os.fspath(path)!r}: it holds objects other than tensors and plain "
             f"containers, and is only read with weights_only=True ({reason}). If you trust the file, load it "
             "yourself (torch.load(..., weights_only=False)) and pass the state dict"
         ) from error
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
-        raise WeightsFileError(
-            f"cannot read {what} {os.fspath(path)!r} ({path.stat().st_size:,} bytes; {_first_sentence(error)}): it is "
-            "truncated or corrupted, or not a torch file"
-        ) from error
+    except Exception as error:  # the weights-only unpickler fails in many ways on garbage (IndexError, ...)
+        raise _unreadable(path, what, error, "torch") from error
+
+
+def _unreadable(path: Path, what: str, error: BaseException, kind: str) -> WeightsFileError:
+    return WeightsFileError(
+        f"cannot read {what} {os.fspath(path)!r} ({path.stat().st_size:,} bytes; {_first_sentence(error)}): it is "
+        f"truncated or corrupted, or not a {kind} file"
+    )
 
 
 def _first_sentence(error: BaseException) -> str:
@@ -173,10 +181,7 @@ def read_safetensors(path: str | os.PathLike[str], *, what: str = "safetensors f
     try:
         return load_file(os.fspath(path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise WeightsFileError(
-            f"cannot read {what} {os.fspath(path)!r} ({path.stat().st_size:,} bytes; {_first_sentence(error)}): it is "
-            "truncated or corrupted, or not a safetensors file"
-        ) from error
+        raise _unreadable(path, what, error, "safetensors") from error
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,8 +221,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(handle)
     temporary = Path(name)
     try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         yield temporary
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp (or a writer) made it 0600; give it the usual mode
         with open(temporary, "rb+") as file:
             os.fsync(file.fileno())
         os.replace(temporary, path)

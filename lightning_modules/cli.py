@@ -26,6 +26,8 @@ from typing import Any
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
+from dcls_zoo.weights.fetch import PretrainedWeightsError
+
 from . import convert_command, export_command, push_command
 from .checkpoints import load_checkpoint, select_weights
 from .module import ImageClassifier, NonFiniteLossError, restoring_from_checkpoint
@@ -110,7 +112,8 @@ class DclsCLI(LightningCLI):
         try:
             with restoring:
                 super().instantiate_classes()
-        except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+        except (ValueError, FileNotFoundError, NotADirectoryError, PretrainedWeightsError) as error:
+            # PretrainedWeightsError: weights that cannot be fetched (no Hub, no such tag, a bad file).
             self.parser.error(f"{self.subcommand}: {error}")
 
     def before_fit(self) -> None:

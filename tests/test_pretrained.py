@@ -317,7 +317,7 @@ def test_models_without_weights_raise_before_any_request(server, caches):
         dcls_zoo.create_model("resnet50_dcls", pretrained=True)
     with pytest.raises(PretrainedWeightsError, match="No pretrained weights exist for convnext_tiny_k17"):
         fetch_pretrained("convnext_tiny_k17")
-    with pytest.raises(RuntimeError, match=r"Invalid pretrained tag \(in22k\)"):
+    with pytest.raises(PretrainedWeightsError, match=r"No pretrained weights exist for convnext_dcls_tiny.in22k; weights exist for: .*convnext_dcls_tiny.in1k"):
         dcls_zoo.create_model(TINY, pretrained="in22k")
     with pytest.raises(ValueError, match="pass pretrained=True"):
         dcls_zoo.create_model(TINY, revision="main")
@@ -385,8 +385,11 @@ def test_truncated_download_and_truncated_file(server, caches, tmp_path):
     assert not caches["downloads"].exists() or list(caches["downloads"].iterdir()) == []
     server.truncate.clear()
     server.files[zenodo_name(TINY)] = body[: len(body) // 2]  # a complete download of a truncated file
-    with pytest.raises(PretrainedWeightsError, match="truncated or corrupted.*: delete it to download it again"):
+    with pytest.raises(PretrainedWeightsError, match="truncated or corrupted.*removed from the download cache"):
         dcls_zoo.create_model(TINY, pretrained=True, **SMALL)
+    assert list(caches["downloads"].iterdir()) == []  # the next load downloads it again
+    server.files[zenodo_name(TINY)] = body
+    torch.testing.assert_close(logits(dcls_zoo.create_model(TINY, pretrained=True, **SMALL)), logits(source))
 
 
 _UNPICKLED = []

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import dcls_zoo
+import dcls_zoo.weights.fetch
 from dcls_zoo.state_dicts import WeightsFileError, sha256_file
 from dcls_zoo.weights import fetch
 from dcls_zoo.weights.fetch import ChecksumMismatchError, HubUnreachableError, UnsafeFileNameError
@@ -234,7 +235,7 @@ def test_cli_test_of_a_hostile_checkpoint_downloads_nothing(file_server, tmp_pat
     env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"))
     result = subprocess.run(
         [sys.executable, "-m", "lightning_modules", "test", "-c", str(ROOT / "configs" / "quickstart.yaml"),
-         f"--ckpt_path={ckpt}", "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false"],
+         f"--ckpt_path={ckpt}", "--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -426,3 +427,78 @@ def test_a_tampered_hub_repo_is_refused(tmp_path, fake_hub):
                         repo_id="tester/checked")
     with pytest.raises(ChecksumMismatchError, match=r"hf-hub:tester/checked: model\.safetensors"):
         dcls_zoo.create_model("hf-hub:tester/checked", pretrained=True)
+
+
+# ------------------------------------------------------------------------------------------
+# found by trying it: garbage files, edited configs, weight errors at the command line
+
+
+@pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n" * 20, b"oops", bytes(range(256)) * 8])
+def test_garbage_torch_files_are_named_not_tracebacks(tmp_path, capsys, content):
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(content)
+    with pytest.raises(WeightsFileError, match=r"garbage\.pth.*truncated or corrupted, or not a torch file"):
+        load_checkpoint(garbage)
+    assert main(["convert", str(garbage), "--arch", ARCH, "--out", str(tmp_path / "out")]) == 1
+    assert "truncated or corrupted" in capsys.readouterr().err
+    ckpt = tmp_path / "garbage.ckpt"
+    ckpt.write_bytes(content)
+    assert main(["export", str(ckpt), "--out", str(tmp_path / "out")]) == 1
+    assert "garbage.ckpt" in capsys.readouterr().err
+
+
+def test_an_unreadable_download_is_removed_from_the_cache(file_server, caches):
+    file_server.files["/files/broken.pth"] = b"not a torch file at all"
+    with pytest.raises(fetch.WeightsReadError, match=r"the weights file from .*broken\.pth.*removed from the download cache"):
+        dcls_zoo.create_model(ARCH, pretrained=True, pretrained_cfg_overlay={"url": file_server.url + "/files/broken.pth"})
+    assert not (caches / "broken.pth").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["model_args"].update(pretrained_cfg_overlay={"url": "http://127.0.0.1:1/x.pth"}), "name weight sources"),
+        (lambda c: c.update(model_args="x"), "not a mapping"),
+        (lambda c: c.update(num_classes=10**9), "num_classes is 1000000000"),
+        (lambda c: c.update(architecture="os.system"), "unknown architecture 'os.system'"),
+        (lambda c: c.update(dcls_zoo="x"), "records no weight files"),
+        (lambda c: c["dcls_zoo"].update(files={}), "records no weight files"),
+    ],
+)
+def test_an_edited_export_config_is_refused(tmp_path, edit, message):
+    export = tmp_path / "export"
+    dcls_zoo.save_pretrained(dcls_zoo.create_model(ARCH, num_classes=3), export)
+    config = json.loads((export / "config.json").read_text())
+    config.setdefault("model_args", {})
+    edit(config)
+    (export / "config.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsFileError, match=message):
+        dcls_zoo.create_model(f"local-dir:{export}", pretrained=True)
+
+
+def test_a_tag_without_weights_is_named():
+    with pytest.raises(dcls_zoo.weights.fetch.PretrainedWeightsError, match="No pretrained weights exist for convnext_dcls_atto.in1k; weights exist for: .*convnext_dcls_tiny.in1k"):
+        dcls_zoo.create_model(ARCH, pretrained="in1k")
+
+
+def test_weight_errors_at_the_command_line_are_one_line(monkeypatch, tmp_path, capsys):
+    from huggingface_hub import constants
+
+    silent = SilentServer()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", silent.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", silent.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setenv(fetch.TIMEOUT_ENV, "1")
+        monkeypatch.chdir(tmp_path)
+        quickstart = str(ROOT / "configs" / "quickstart.yaml")
+        for source, expected in (("hf-hub:tester/silent", "could not reach the Hugging Face Hub"),
+                                 ("in1k", "No pretrained weights exist for convnext_dcls_atto.in1k")):
+            with pytest.raises(SystemExit) as info:
+                main(["fit", "-c", quickstart, f"--model.pretrained={source}", "--trainer.fast_dev_run=true"])
+            assert info.value.code == 2
+            error = capsys.readouterr().err
+            assert expected in error and "Traceback" not in error
+    finally:
+        silent.close()

@@ -91,7 +91,8 @@ def check_export(directory: str | os.PathLike[str]) -> Path:
         raise ValueError(
             f"{directory} holds {'symlinks ' + ', '.join(links) if links else ''}"
             f"{' and ' if links and odd else ''}{'special files ' + ', '.join(odd) if odd else ''}: an export must hold "
-            "regular files only (a link would upload a file from outside it). Replace them with copies or remove them"
+            "regular files only (a link would upload a file from outside it, a special file is no file to upload). "
+            "Replace them with copies or remove them"
         )
     missing = [name for name in (CONFIG_NAME, WEIGHTS_NAME) if not (directory / name).is_file()]
     if missing:

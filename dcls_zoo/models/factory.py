@@ -9,7 +9,7 @@ from torch import nn
 
 from ..names import SOURCE_PREFIXES, check_model_name, list_models
 from ..weights.build import create_from_source
-from ..weights.table import hub_id_at_revision
+from ..weights.table import get_pretrained_weights, hub_id_at_revision
 
 __all__ = ["create_model", "list_models"]
 
@@ -44,6 +44,9 @@ def create_model(name: str, pretrained: bool | str = False, *, revision: str | N
         if "." in name or source:
             raise ValueError(f"give the pretrained tag once: {name!r} already names a source, pretrained={pretrained!r}")
         name, pretrained = f"{name}.{pretrained}", True
+    explicit = kwargs.get("pretrained_cfg") or kwargs.get("pretrained_cfg_overlay")
+    if pretrained and not source and not explicit and name.split(".", 1)[0] in list_models():
+        get_pretrained_weights(name)  # a zoo model or tag without weights in the table: say which have them
     if revision is not None:
         if not pretrained:
             raise ValueError(f"revision={revision!r} selects pretrained weights: pass pretrained=True as well")

@@ -50,7 +50,7 @@ from timm.models._builder import resolve_pretrained_cfg
 from torch import Tensor, nn
 
 from ..names import SOURCE_PREFIXES, check_model_name
-from ..state_dicts import CONFIG_NAME, WEIGHTS_NAME, WeightsFileError, read_safetensors, sha256_file
+from ..state_dicts import CONFIG_NAME, WEIGHTS_NAME, WeightsFileError, load_torch_file, read_safetensors, sha256_file
 from .fetch import (
     HubUnreachableError,
     NotOnHubError,
@@ -67,7 +67,7 @@ from .fetch import (
     verify_sha256,
     WeightsReadError,
 )
-from .official import convert_official_checkpoint, load_official_file
+from .official import convert_official_checkpoint
 from .table import DEFAULT_FILENAME, PRETRAINED_WEIGHTS, get_pretrained_weights, hub_id_at_revision
 
 __all__ = [
@@ -301,13 +301,17 @@ def fetch_pretrained(
 
 def _read_state_dict(weights: WeightsFile, arch: str) -> dict[str, Tensor]:
     """The state dict in ``weights``, in our layout (an authors' file is converted for ``arch``)."""
+    what = f"the weights file from {weights.source}"
     try:
         if weights.format == "safetensors":
-            state = read_safetensors(weights.path, what=f"the weights from {weights.source}")
+            state = read_safetensors(weights.path, what=what)
         else:
-            state = load_official_file(weights.path)  # weights_only=True: refuses anything but tensors
+            state = load_torch_file(weights.path, what=what)  # weights_only=True: refuses anything but tensors
     except WeightsFileError as error:
-        raise WeightsReadError(f"{error} (from {weights.source}): delete it to download it again") from error
+        if weights.url is not None:  # our download cache: never keep a file that cannot be read
+            weights.path.unlink(missing_ok=True)
+            raise WeightsReadError(f"{error}; it was removed from the download cache") from error
+        raise WeightsReadError(f"{error}: delete it to download it again") from error
     return convert_official_checkpoint(state, arch)
 
 
@@ -422,14 +426,44 @@ def read_export_config(path: str | os.PathLike[str], what: str | None = None) ->
         raise WeightsFileError(f"{what}: {path} is not valid JSON ({error}); export the model again") from error
     if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
         raise WeightsFileError(f"{what}: {path} is not a timm model config (no 'architecture' string)")
+    _check_config_values(config, path, what)
     return config
 
 
+#: The most classes a config may ask for (a classifier of 1M classes is already a 1 GB matrix).
+_MAX_CLASSES = 1_000_000
+
+
+def _check_config_values(config: Mapping[str, Any], path: Path, what: str) -> None:
+    """Refuse a config whose values would make the model build do something else than build it."""
+    try:
+        check_model_name(config["architecture"], "architecture", f"{what}'s config.json")
+    except ValueError as error:
+        raise WeightsFileError(str(error)) from error
+    model_args = config.get("model_args", {})
+    if not isinstance(model_args, Mapping):
+        raise WeightsFileError(f"{what}: {path}'s model_args is a {type(model_args).__name__}, not a mapping")
+    sources = sorted(set(model_args) & set(WEIGHT_SOURCE_ARGUMENTS))
+    if sources:
+        raise WeightsFileError(
+            f"{what}: {path}'s model_args name weight sources ({', '.join(sources)}); an export holds its weights "
+            "itself and is never loaded with them. Remove them (or export the model again)"
+        )
+    for key, value in (("num_classes", config.get("num_classes")), ("model_args.num_classes", model_args.get("num_classes"))):
+        if value is not None and not (isinstance(value, int) and 0 <= value <= _MAX_CLASSES):
+            raise WeightsFileError(f"{what}: {path}'s {key} is {value!r}; expected an integer in [0, {_MAX_CLASSES:,}]")
+
+
 def _recorded_files(config: Mapping[str, Any], what: str) -> dict[str, str]:
-    manifest = config.get(MANIFEST_KEY)
+    if MANIFEST_KEY not in config:
+        return {}  # not exported by dcls-zoo (e.g. timm's own save_for_hf)
+    manifest = config[MANIFEST_KEY]
     files = manifest.get("files") if isinstance(manifest, Mapping) else None
-    if not isinstance(files, Mapping):
-        return {}
+    if not isinstance(files, Mapping) or not files:
+        raise WeightsFileError(
+            f"{what}: config.json's {MANIFEST_KEY!r} entry records no weight files ({MANIFEST_KEY}.files); it was "
+            "edited after export. Export the model again"
+        )
     recorded = {}
     for name, entry in files.items():
         sha = entry.get("sha256") if isinstance(entry, Mapping) else None
@@ -458,10 +492,10 @@ def verify_export(directory: str | os.PathLike[str], config: Mapping[str, Any], 
         path = confined_path(directory, name, f"{what}'s config.json")
         if not path.is_file():
             raise WeightsFileError(f"{what}: {path} is missing (config.json records it)")
-        verify_sha256(path, sha, f"{what}: {name}")
+        verify_sha256(path, sha, f"{what}: {name}", advice="Export the model again (or restore the original file).")
     weights = directory / WEIGHTS_NAME
     if WEIGHTS_NAME not in recorded:
-        _logger.info("%s: no checksum recorded for %s (not exported by dcls-zoo); not verified", what, WEIGHTS_NAME)
+        _logger.warning("%s: no checksum recorded for %s (not exported by dcls-zoo); not verified", what, WEIGHTS_NAME)
         _check_safetensors_whole(weights, what)
     return bool(recorded)
 

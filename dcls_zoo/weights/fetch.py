@@ -170,16 +170,21 @@ def offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def verify_sha256(path: Path, expected: str | None, source: str) -> None:
-    """Raise :class:`ChecksumMismatchError` unless ``path`` has sha256 ``expected`` (``None``: no check)."""
+def verify_sha256(
+    path: Path, expected: str | None, source: str, advice: str = "Delete it to download it again."
+) -> None:
+    """Raise :class:`ChecksumMismatchError` unless ``path`` has sha256 ``expected`` (``None``: no check).
+
+    ``advice`` ends the message (a downloaded file can be fetched again; an export must be rewritten).
+    """
     if expected is None:
         return
     actual = sha256_file(path)
     if actual != expected:
         raise ChecksumMismatchError(
             f"sha256 mismatch for {source}: the file {path} has sha256 {actual}; its record (weights table or "
-            f"export config) names {expected}. The file is truncated, corrupted or not the published one; it is not loaded. Delete it to "
-            "download it again."
+            f"export config) names {expected}. The file is truncated, corrupted or not the published one; it is "
+            f"not loaded. {advice}"
         )
 
 
