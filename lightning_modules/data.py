@@ -24,7 +24,8 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, auto_augment, create_transform
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import ImageFolder
@@ -42,6 +43,33 @@ __all__ = [
 
 
 _FASHION_SIDE = 28  # Fashion-MNIST images are _FASHION_SIDE x _FASHION_SIDE
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+    """timm's posterize augmentation, defined for 0 bits kept (every pixel 0).
+
+    RandAugment's increasing posterize keeps ``4 - int(4 * magnitude / 10)`` bits, so its top
+    magnitude (which ``mstd0.5`` noise around ``m9`` reaches on about one call in 600) keeps 0.
+    Pillow <= 12 answered with a black image; Pillow 13 raises ``ValueError: bits must be between
+    or equal to 1 and 8``, which ended every ImageNet recipe within an epoch. This keeps the
+    recipe's behaviour on every Pillow.
+    """
+    if bits_to_keep <= 0:
+        return img.point([0] * 256 * len(img.getbands()))
+    return auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+def _posterize_defined_for_zero_bits(transform: Any) -> Any:
+    """``transform`` with the posterize ops of its RandAugment / AutoAugment / AugMix stages
+    replaced by :func:`_posterize` (in place; the transform objects are ours, timm's table is untouched)."""
+    for stage in getattr(transform, "transforms", [transform]):
+        ops = list(getattr(stage, "ops", []))
+        for sub_policy in getattr(stage, "policy", []):  # AutoAugment: a list of sub-policies
+            ops.extend(sub_policy)
+        for op in ops:
+            if getattr(op, "aug_fn", None) is auto_augment.posterize:
+                op.aug_fn = _posterize
+    return transform
 
 
 def _require(condition: bool, name: str, value: Any, expected: str) -> None:
@@ -384,8 +412,10 @@ class ImageFolderDataModule(_ImageDataModule):
         self.mean, self.std, self.crop_pct, self.interpolation = tuple(mean), tuple(std), crop_pct, interpolation
         common = dict(input_size=image_size, interpolation=interpolation, mean=tuple(mean), std=tuple(std))
         try:
-            self.train_transform = create_transform(**common, is_training=True, auto_augment=auto_augment or None,
-                                                    re_prob=re_prob, color_jitter=color_jitter)
+            self.train_transform = _posterize_defined_for_zero_bits(
+                create_transform(**common, is_training=True, auto_augment=auto_augment or None, re_prob=re_prob,
+                                 color_jitter=color_jitter)
+            )
             self.eval_transform = create_transform(**common, is_training=False, crop_pct=crop_pct, crop_mode="center")
         except (ValueError, KeyError, AssertionError) as e:
             raise ValueError(f"bad transform arguments (interpolation={interpolation!r}, auto_augment={auto_augment!r}): {e!r}") from e
