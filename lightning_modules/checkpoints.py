@@ -171,7 +171,10 @@ def _adapt(model: nn.Module, state: dict[str, Tensor]) -> list[str]:
     first_conv = cfg.get("first_conv")
     key = f"{first_conv}.weight" if first_conv else None
     if key in state and key in own and state[key].shape[1] != own[key].shape[1]:
-        state[key] = adapt_input_conv(own[key].shape[1], state[key])
+        # base_chans: the source's own channel count (timm assumes RGB sources otherwise, and would
+        # hand a 1-channel stem unchanged to a 3-channel model). 1 -> 3 repeats the gray filter at
+        # a third of its weight, so an image with equal R, G, B gives the source's response.
+        state[key] = adapt_input_conv(own[key].shape[1], state[key], base_chans=state[key].shape[1])
         changes.append(f"input conv {first_conv} adapted to {own[key].shape[1]} channels")
     classifier = cfg.get("classifier")
     for suffix in ("weight", "bias"):

@@ -204,6 +204,17 @@ def test_pretrained_export_directory_adapts_the_input_channels(tmp_path):
     assert torch.equal(target.model.state_dict()["head.fc.weight"], source.state_dict()["head.fc.weight"])
 
 
+def test_a_gray_export_fine_tunes_on_rgb_with_the_same_response_to_gray_images(tmp_path):
+    source = dcls_zoo.create_model("convnext_dcls_atto", num_classes=10, in_chans=1, **TINY).eval()
+    dcls_zoo.save_pretrained(source, tmp_path / "export")
+    target = _classifier(in_chans=3, num_classes=4, pretrained=str(tmp_path / "export")).model.eval()
+    assert target.state_dict()["stem.0.weight"].shape[1] == 3
+    gray = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():  # the features before the new head: a gray image in RGB sees the gray model
+        torch.testing.assert_close(target.forward_head(target.forward_features(gray.expand(-1, 3, -1, -1)), pre_logits=True),
+                                   source.forward_head(source.forward_features(gray), pre_logits=True), rtol=1e-5, atol=1e-5)
+
+
 def test_missing_pretrained_path_is_reported():
     with pytest.raises(ValueError, match="no such file or directory"):
         _classifier(pretrained="runs/nothing/here.pt")

@@ -119,3 +119,22 @@ def test_pillow_13_still_refuses_zero_bits():
         pytest.skip(f"Pillow {PIL.__version__} accepts 0 bits")
     with pytest.raises(ValueError, match="bits"):
         ImageOps.posterize(Image.new("RGB", (2, 2)), 0)
+
+
+@pytest.mark.slow
+def test_the_gray_quickstart_export_fine_tunes_on_rgb_folders(rgb_folders, tmp_path, monkeypatch):
+    """The README's fine-tune command with a 1-channel export and 3-channel class folders."""
+    import dcls_zoo
+    from lightning_modules.cli import main
+
+    export = tmp_path / "gray-export"
+    dcls_zoo.save_pretrained(dcls_zoo.create_model("convnext_dcls_atto", num_classes=10, in_chans=1, patch_size=2), export)
+    monkeypatch.chdir(tmp_path)
+    code = main([
+        "fit", "-c", str(ROOT / "configs" / "finetune.yaml"), "--model.arch=convnext_dcls_atto",
+        "--model.model_kwargs={patch_size: 2}", f"--model.pretrained={export}",
+        f"--data.init_args.root={rgb_folders}", "--data.init_args.image_size=32", "--data.init_args.batch_size=4",
+        "--data.init_args.num_workers=0", "--trainer.accelerator=cpu", "--trainer.devices=1",
+        "--trainer.fast_dev_run=true", "--test_after_fit=false", "--export_after_fit=false",
+    ])
+    assert code == 0
