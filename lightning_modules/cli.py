@@ -21,8 +21,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import torch
+
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
@@ -104,6 +107,28 @@ class DclsCLI(LightningCLI):
             "--export_after_fit", type=bool, default=False, help="fit only: export the best checkpoint to <log_dir>/export"
         )
 
+    # Lightning's special --ckpt_path values (resolved by the Trainer, not files).
+    _CKPT_PATH_NAMES = ("last", "best", "hpc")
+
+    def _fail(self, message: str) -> NoReturn:
+        """A wrong value: one line that leads with it (exit 2), not the argument parser's usage dump."""
+        subcommand = self.config.get("subcommand") if getattr(self, "config", None) else None
+        command = f"dcls-zoo {subcommand}" if subcommand else "dcls-zoo"
+        print(f"{command}: error: {message}\n({command} --help lists the options)", file=sys.stderr)
+        raise SystemExit(2)
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the checkpoint's hyper-parameters here with a bare torch.load, which
+        # answers a truncated file with an IndexError: read it with the safe loader first.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and str(ckpt_path) not in self._CKPT_PATH_NAMES and not str(ckpt_path).startswith("registry"):
+            try:
+                load_checkpoint(ckpt_path)
+            except ValueError as error:
+                self._fail(f"--ckpt_path: {error}")
+        super()._parse_ckpt_path()
+
     def instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else None
         # With --ckpt_path the weights come from the checkpoint (Lightning applies its saved
@@ -114,7 +139,27 @@ class DclsCLI(LightningCLI):
                 super().instantiate_classes()
         except (ValueError, FileNotFoundError, NotADirectoryError, PretrainedWeightsError) as error:
             # PretrainedWeightsError: weights that cannot be fetched (no Hub, no such tag, a bad file).
-            self.parser.error(f"{self.subcommand}: {error}")
+            self._fail(_first_cause(error))
+        except MisconfigurationException as error:  # the Trainer's own argument checks
+            self._fail(f"trainer: {error}")
+        self._check_before_running()
+
+    def _check_before_running(self) -> None:
+        """Values that would only fail mid-run, checked now: the optimizer's arguments (built once
+        on a dummy parameter) and mixup's even batches."""
+        injected = getattr(self.model, "_injected", None)
+        if injected is not None:
+            try:
+                injected.optimizer([torch.nn.Parameter(torch.zeros(1))])
+            except (ValueError, TypeError) as error:
+                self._fail(f"model.optimizer: {error} (--model.optimizer.init_args.*)")
+        batch_size = getattr(self.datamodule, "batch_size", None)
+        if getattr(self.model, "mixup", None) is not None and isinstance(batch_size, int) and batch_size % 2:
+            self._fail(
+                f"data batch_size={batch_size} with mixup/cutmix: timm's Mixup mixes each batch with its reverse and "
+                "needs an even batch size; pass an even --data.init_args.batch_size (or --model.mixup_alpha 0 "
+                "--model.cutmix_alpha 0)"
+            )
 
     def before_fit(self) -> None:
         self._fit_started = time.perf_counter()
@@ -167,6 +212,17 @@ class DclsCLI(LightningCLI):
             model_card={k: v for k, v in card.items() if v},
         )
         return directory
+
+
+def _first_cause(error: BaseException) -> str:
+    """The message of the error a class raised, without jsonargparse's wrapping: a value rejected
+    inside a ``class_path`` comes back as "Does not validate against any of the Union subtypes"
+    with the real message among its ``  - `` lines."""
+    text = str(error)
+    if "Union subtypes" not in text:
+        return text
+    causes = [line[4:] for line in text.splitlines() if line.startswith("  - ") and not line.startswith("  - Expected a ")]
+    return "\n".join(causes) or text
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
