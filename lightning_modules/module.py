@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import logging
 import math
 from collections.abc import Iterator
@@ -28,9 +29,10 @@ import dcls_zoo
 from dcls_zoo.names import SOURCE_PREFIXES
 from dcls_zoo.positions import position_owners
 from dcls_zoo.regularizers import repulsive_loss
+from dcls_zoo.state_dicts import clean_state_dict
 from dcls_zoo.weights.build import WEIGHT_SOURCE_ARGUMENTS, without_weight_sources
 
-from .checkpoints import EXPORT_KEY, load_pretrained_weights
+from .checkpoints import EXPORT_KEY, load_checkpoint, load_pretrained_weights, select_weights
 from .optim import WarmupCosine, parameter_groups, upgrade_scheduler_state, warmup_cosine_scheduler
 
 __all__ = ["ImageClassifier", "NonFiniteLossError", "restoring_from_checkpoint"]
@@ -222,7 +224,7 @@ class ImageClassifier(pl.LightningModule):
             self.log("train/loss_rep", loss_rep.detach(), on_step=True, on_epoch=True)
             if self.repulsive_loss_active:
                 loss = loss + self.hparams.repulsive_loss_weight * loss_rep**2
-        self._check_finite(loss, batch_idx)
+        self._check_finite(loss, batch_idx, images, targets)
         self.log("train/loss_fit", loss_fit.detach(), on_step=True, on_epoch=True)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, prog_bar=True)
         return loss
@@ -233,18 +235,52 @@ class ImageClassifier(pl.LightningModule):
         hp = self.hparams
         return hp.repulsive_loss_weight > 0 and self.current_epoch > hp.repulsive_loss_after_epoch
 
-    def _check_finite(self, loss: Tensor, batch_idx: int) -> None:
+    def _check_finite(self, loss: Tensor, batch_idx: int, images: Tensor, targets: Tensor) -> None:
         if torch.isfinite(loss).item():
             return
-        written = {getattr(cb, attr, "") for cb in self.trainer.checkpoint_callbacks for attr in ("last_model_path", "best_model_path")}
-        existing = [Path(p) for p in written if p and Path(p).is_file()]
-        latest = max(existing, key=lambda p: p.stat().st_mtime) if existing else None
-        kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+        good = self._last_good_checkpoint(images, targets)
+        if good is not None:
+            kept = (
+                f"the last good checkpoint is {good} (its weights are finite and give a finite loss on this batch). "
+                f"To go on from its weights with a lower rate (a fresh optimizer and schedule): dcls-zoo fit -c "
+                f"<config> --model.pretrained {good} --model.optimizer.init_args.lr <lower>; --ckpt_path would "
+                "restore the old rate with the optimizer state"
+            )
+        else:
+            kept = "no checkpoint of this run gives a finite loss: start again with a lower learning rate"
         raise NonFiniteLossError(
             f"the training loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step} "
-            f"(batch {batch_idx}); the run stops before applying this step and {kept}. Lower the learning rate, "
-            "set trainer.gradient_clip_val, or check the data (resume with --ckpt_path last)"
+            f"(batch {batch_idx}); the run stops before applying this step and {kept}. Also consider "
+            "trainer.gradient_clip_val, or check the data"
         )
+
+    def _last_good_checkpoint(self, images: Tensor, targets: Tensor) -> Path | None:
+        """The newest checkpoint of this run whose weights (raw and averaged) are finite and give a
+        finite loss on ``images`` (a blown-up but finite checkpoint would fail again at once)."""
+        written: set[str] = set()
+        for callback in self.trainer.checkpoint_callbacks:  # every file the run keeps, newest first
+            written.update(str(p) for p in getattr(callback, "best_k_models", {}))
+            written.update(getattr(callback, attr, "") for attr in ("last_model_path", "best_model_path"))
+        candidates = sorted((Path(p) for p in written if p and Path(p).is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
+        for path in candidates:
+            try:
+                checkpoint = load_checkpoint(path)
+                raw, _ = select_weights(checkpoint, ema=False)
+                averaged, _ = select_weights(checkpoint)
+            except ValueError:
+                continue
+            tensors = [v for state in (raw, averaged) for v in state.values() if isinstance(v, Tensor) and v.is_floating_point()]
+            if not all(torch.isfinite(v).all() for v in tensors):
+                continue
+            probe = copy.deepcopy(self.model)
+            try:
+                probe.load_state_dict(clean_state_dict(raw).state_dict)
+            except RuntimeError:
+                continue
+            with torch.no_grad():
+                if torch.isfinite(self.criterion(probe(images), targets)).item():
+                    return path
+        return None
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], metrics: MetricCollection, loss_metric: MeanMetric) -> None:
         images, labels = batch

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import csv
 import math
 from pathlib import Path
@@ -168,6 +170,40 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     assert state["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
+class _BlowUpAfterEpoch(Callback):
+    """Scales the weights by 1e18 at the end of an epoch (before its checkpoint): finite but blown up,
+    as a huge learning rate leaves them, so the next step's loss is not finite."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                for parameter in pl_module.model.parameters():
+                    if parameter.dim() > 1:
+                        parameter.mul_(1e18)
+
+
+def test_a_blown_up_but_finite_checkpoint_is_never_called_good(tmp_path):
+    keep_all = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, monitor="train/loss_fit_epoch", save_last=True)
+    trainer = _trainer(tmp_path, max_epochs=4, enable_checkpointing=True, callbacks=[keep_all, _BlowUpAfterEpoch(1)])
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.fit(_classifier(), _loader())
+    message = str(info.value)
+    blown = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert blown["epoch"] == 1 and all(torch.isfinite(v).all() for v in blown["state_dict"].values())
+    named = re.search(r"the last good checkpoint is (\S+) ", message)
+    assert named, message
+    good = torch.load(named.group(1), weights_only=True)
+    assert good["epoch"] == 0  # the epoch-1 checkpoints (last.ckpt among them) are blown up
+    # the advice works: its weights with a lower rate, a fresh optimizer, train finitely
+    resumed = _classifier(pretrained=named.group(1))
+    _trainer(tmp_path / "again", max_epochs=1).fit(resumed, _loader())
+    assert all(torch.isfinite(p).all() for p in resumed.model.parameters())
+    assert "--model.pretrained" in message and "--model.optimizer.init_args.lr <lower>" in message
 
 
 def test_bad_values_are_named():
