@@ -34,6 +34,7 @@ from dcls_zoo.weights.fetch import PretrainedWeightsError
 from . import convert_command, export_command, push_command
 from .checkpoints import load_checkpoint, select_weights
 from .module import ImageClassifier, NonFiniteLossError, restoring_from_checkpoint
+from .predictions import PredictionsCSV
 
 __all__ = ["COMMANDS", "DclsCLI", "cli_main", "main"]
 
@@ -82,7 +83,7 @@ LIGHTNING_COMMANDS = {
     "fit": "train (and validate) a model: dcls-zoo fit -c configs/quickstart.yaml",
     "validate": "evaluate on the validation set (--ckpt_path to pick the weights)",
     "test": "evaluate on the test set (--ckpt_path to pick the weights)",
-    "predict": "predict with a model (--ckpt_path to pick the weights)",
+    "predict": "predict with a model (--ckpt_path: the weights); writes <log_dir>/predictions.csv with named top-5",
 }
 
 
@@ -160,6 +161,17 @@ class DclsCLI(LightningCLI):
                 "needs an even batch size; pass an even --data.init_args.batch_size (or --model.mixup_alpha 0 "
                 "--model.cutmix_alpha 0)"
             )
+
+    def before_predict(self) -> None:
+        """Predictions need weights, and go to a file: refuse random weights, add the CSV writer."""
+        config = self.config[self.subcommand]
+        if not config.get("ckpt_path") and not getattr(self.model.hparams, "pretrained", None):
+            self._fail(
+                "predict needs weights: pass --ckpt_path <a .ckpt> (or --model.pretrained <tag | export dir | .ckpt>); "
+                "without them the model would predict with random weights"
+            )
+        if not any(isinstance(callback, PredictionsCSV) for callback in self.trainer.callbacks):
+            self.trainer.callbacks.append(PredictionsCSV())
 
     def before_fit(self) -> None:
         self._fit_started = time.perf_counter()
