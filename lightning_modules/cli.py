@@ -23,12 +23,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import lightning
+import timm
 import torch
-
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
+from dcls_zoo.version import __version__
 from dcls_zoo.weights.fetch import PretrainedWeightsError
 
 from . import convert_command, export_command, push_command
@@ -273,6 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not arguments or arguments[0] in ("-h", "--help"):
         _print_help()
         return 0 if arguments else 2
+    if arguments[0] in ("-V", "--version"):
+        print(f"dcls-zoo {__version__} (torch {torch.__version__}, timm {timm.__version__}, "
+              f"lightning {lightning.__version__})")
+        return 0
     name = arguments[0]
     if name in COMMANDS:
         help_text, add_arguments, run = COMMANDS[name]

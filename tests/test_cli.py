@@ -27,6 +27,13 @@ def test_quick_start_has_two_commands_and_ci_runs_the_test_one():
     assert test_command in ci_script.splitlines()
 
 
+def test_version_names_the_package_and_its_stack(capsys):
+    import dcls_zoo
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith(f"dcls-zoo {dcls_zoo.__version__} (torch ")
+
+
 def test_unknown_command_is_rejected(capsys):
     with pytest.raises(SystemExit) as info:
         main(["teleport"])
