@@ -99,6 +99,20 @@ class SilentServer:
 
 
 @pytest.fixture
+def silent_hub(monkeypatch, tmp_path):
+    """huggingface_hub pointed at a :class:`SilentServer`, with a private cache."""
+    from huggingface_hub import constants
+
+    silent = SilentServer()
+    monkeypatch.setattr(constants, "ENDPOINT", silent.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", silent.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    yield silent
+    silent.close()
+
+
+@pytest.fixture
 def caches(tmp_path, monkeypatch):
     """A private torch hub dir (URL downloads land in <it>/checkpoints)."""
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
@@ -281,22 +295,12 @@ def test_push_refuses_a_symlink_before_any_request(fake_hub, tmp_path, capsys):
 # 3. a Hub that never answers
 
 
-def test_a_silent_hub_fails_within_the_limit(monkeypatch, tmp_path):
-    from huggingface_hub import constants
-
-    silent = SilentServer()
-    try:
-        monkeypatch.setattr(constants, "ENDPOINT", silent.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", silent.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv(fetch.TIMEOUT_ENV, "1.5")
-        start = time.monotonic()
-        with pytest.raises(HubUnreachableError) as info:
-            dcls_zoo.create_model("hf-hub:tester/silent", pretrained=True)
-        elapsed = time.monotonic() - start
-    finally:
-        silent.close()
+def test_a_silent_hub_fails_within_the_limit(silent_hub, monkeypatch):
+    monkeypatch.setenv(fetch.TIMEOUT_ENV, "1.5")
+    start = time.monotonic()
+    with pytest.raises(HubUnreachableError) as info:
+        dcls_zoo.create_model("hf-hub:tester/silent", pretrained=True)
+    elapsed = time.monotonic() - start
     # huggingface_hub alone waits 60 s per try, 6 tries, with 1-8 s sleeps between them (about 400 s)
     assert elapsed < 1.5 + 5, elapsed
     message = str(info.value)
@@ -481,24 +485,14 @@ def test_a_tag_without_weights_is_named():
         dcls_zoo.create_model(ARCH, pretrained="in1k")
 
 
-def test_weight_errors_at_the_command_line_are_one_line(monkeypatch, tmp_path, capsys):
-    from huggingface_hub import constants
-
-    silent = SilentServer()
-    try:
-        monkeypatch.setattr(constants, "ENDPOINT", silent.url)
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", silent.url + "/{repo_id}/resolve/{revision}/{filename}")
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setenv(fetch.TIMEOUT_ENV, "1")
-        monkeypatch.chdir(tmp_path)
-        quickstart = str(ROOT / "configs" / "quickstart.yaml")
-        for source, expected in (("hf-hub:tester/silent", "could not reach the Hugging Face Hub"),
-                                 ("in1k", "No pretrained weights exist for convnext_dcls_atto.in1k")):
-            with pytest.raises(SystemExit) as info:
-                main(["fit", "-c", quickstart, f"--model.pretrained={source}", "--trainer.fast_dev_run=true"])
-            assert info.value.code == 2
-            error = capsys.readouterr().err
-            assert expected in error and "Traceback" not in error
-    finally:
-        silent.close()
+def test_weight_errors_at_the_command_line_are_one_line(silent_hub, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv(fetch.TIMEOUT_ENV, "1")
+    monkeypatch.chdir(tmp_path)
+    quickstart = str(ROOT / "configs" / "quickstart.yaml")
+    for source, expected in (("hf-hub:tester/silent", "could not reach the Hugging Face Hub"),
+                             ("in1k", "No pretrained weights exist for convnext_dcls_atto.in1k")):
+        with pytest.raises(SystemExit) as info:
+            main(["fit", "-c", quickstart, f"--model.pretrained={source}", "--trainer.fast_dev_run=true"])
+        assert info.value.code == 2
+        error = capsys.readouterr().err
+        assert expected in error and "Traceback" not in error
