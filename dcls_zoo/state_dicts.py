@@ -24,6 +24,7 @@ import hashlib
 import os
 import pickle
 import tempfile
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -110,7 +111,11 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def load_torch_file(
-    path: str | os.PathLike[str], *, what: str = "torch file", allowed_globals: Iterable[type] = (argparse.Namespace,)
+    path: str | os.PathLike[str],
+    *,
+    what: str = "torch file",
+    allowed_globals: Iterable[type] = (argparse.Namespace,),
+    mmap: bool = False,
 ) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)``, with errors that say why.
 
@@ -122,6 +127,9 @@ def load_torch_file(
         path: the file.
         what: how messages name the file (``"checkpoint"``, ``"the authors' file"``).
         allowed_globals: classes the weights-only unpickler may rebuild besides tensors and containers.
+        mmap: map the tensors from the file instead of reading them (a quick check of a large
+            checkpoint: the pickle and the archive's directory are read and checked, the tensor
+            bytes are not); files in torch's old non-zip format are read whole.
 
     Raises:
         FileNotFoundError: no such file.
@@ -133,6 +141,8 @@ def load_torch_file(
         raise FileNotFoundError(f"{what} {os.fspath(path)!r} does not exist")
     try:
         with torch.serialization.safe_globals(list(allowed_globals)):
+            if mmap and zipfile.is_zipfile(path):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         lines = str(error).strip().splitlines()

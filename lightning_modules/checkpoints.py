@@ -61,15 +61,18 @@ PREFIXES = MODEL_PREFIXES
 EXPORT_KEY = "dcls_zoo_export"
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> Mapping[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> Mapping[str, Any]:
     """A Lightning checkpoint read with ``torch.load(weights_only=True)``, or a ValueError saying why not.
+
+    ``mmap=True`` maps the tensors instead of reading them (a quick validity check; see
+    :func:`dcls_zoo.state_dicts.load_torch_file`).
 
     Raises:
         ValueError: no such file, a refused pickle, a truncated or garbled file, or no ``state_dict``
             (each naming the file).
     """
     try:
-        checkpoint = load_torch_file(path, what="checkpoint", allowed_globals=())
+        checkpoint = load_torch_file(path, what="checkpoint", allowed_globals=(), mmap=mmap)
     except FileNotFoundError as error:
         raise ValueError(str(error)) from error
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):

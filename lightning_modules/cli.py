@@ -122,12 +122,13 @@ class DclsCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # Lightning reads the checkpoint's hyper-parameters here with a bare torch.load, which
-        # answers a truncated file with an IndexError: read it with the safe loader first.
+        # answers a truncated file with an IndexError: check it with the safe loader first, its
+        # tensors mapped rather than read (the Trainer reads the file again to restore it).
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and str(ckpt_path) not in self._CKPT_PATH_NAMES and not str(ckpt_path).startswith("registry"):
             try:
-                load_checkpoint(ckpt_path)
+                load_checkpoint(ckpt_path, mmap=True)
             except ValueError as error:
                 self._fail(f"--ckpt_path: {error}")
         super()._parse_ckpt_path()

@@ -496,3 +496,16 @@ def test_weight_errors_at_the_command_line_are_one_line(silent_hub, monkeypatch,
         assert info.value.code == 2
         error = capsys.readouterr().err
         assert expected in error and "Traceback" not in error
+
+
+def test_the_quick_mapped_check_refuses_a_truncated_checkpoint_and_reads_old_format_ones(tmp_path):
+    checkpoint = {"state_dict": {"model.w": torch.arange(1000.0)}, "epoch": 3}
+    whole, old = tmp_path / "whole.ckpt", tmp_path / "old.ckpt"
+    torch.save(checkpoint, whole)
+    torch.save(checkpoint, old, _use_new_zipfile_serialization=False)  # torch's pre-1.6 format: no zip to map
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size - 100])
+    with pytest.raises(WeightsFileError, match=r"cut\.ckpt.*truncated or corrupted"):
+        load_checkpoint(cut, mmap=True)
+    for path in (whole, old):
+        torch.testing.assert_close(load_checkpoint(path, mmap=True)["state_dict"]["model.w"], torch.arange(1000.0))
