@@ -1,89 +1,33 @@
-"""Lightning callbacks that hold dcls-zoo's engineering (the science lives in the modules).
+"""Engineering callbacks: reproducible resumes and publishing (the method's own rules are in :mod:`.method`).
 
-- :class:`ClampPositions`: keeps every DCLS position inside its window after each optimizer step.
-- :class:`SigmaSchedule`: drives the Gaussian/triangle width ``SIG`` along a fixed schedule.
 - :class:`EpochSeed`: reseeds every epoch, so a run resumed from an epoch-end checkpoint replays
   the same data order, augmentations and mixup as an uninterrupted one.
+- :class:`CSVMetricsResume`: a run resumed in its own folder keeps the ``metrics.csv`` rows logged
+  up to its checkpoint (Lightning's CSVLogger would delete the file) and appends after them.
 - :class:`HubPushCallback`: pushes the trained model to the Hugging Face Hub.
-- :class:`~lightning_modules.position_monitor.PositionMonitor` (re-exported here): position
-  histograms, speeds and kernel pictures, with :func:`~lightning_modules.position_monitor.position_groups`,
-  which finds each distinct position tensor of a network once.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
-import math
 import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, WeightAveraging
-from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
 
-from dcls_zoo.positions import clamp_model_positions_, dcls_layers
+from dcls_zoo.hub import push_to_hub
 
-from .position_monitor import PositionGroup, PositionMonitor, network_of, position_groups
-
-__all__ = ["ClampPositions", "EpochSeed", "SigmaSchedule", "PositionMonitor", "HubPushCallback"]
+__all__ = ["CSVMetricsResume", "EpochSeed", "HubPushCallback"]
 
 log = logging.getLogger(__name__)
-
-
-class ClampPositions(Callback):
-    """Clamp every DCLS position of the network into its window after each optimizer step.
-
-    The official training clamps the positions after every step; a position that left the
-    window would only keep its edge tap (bilinear) or fade out (Gaussian). Clamping runs in
-    ``on_train_batch_end``, which follows ``optimizer.step()``; it is idempotent, so running it
-    after the micro-batches of a gradient-accumulation window too is harmless.
-
-    List it **before** any :class:`~lightning.pytorch.callbacks.WeightAveraging` (e.g.
-    ``EMAWeightAveraging``): callbacks run in list order and the averaging also updates in
-    ``on_train_batch_end``, so listed after it the average would take in unclamped positions.
-    ``setup`` raises on the wrong order. A network without DCLS layers gets one warning (the
-    callback can stay in a config shared with plain-conv baselines).
-
-    Args:
-        model_attribute: attribute of the LightningModule that holds the network.
-    """
-
-    def __init__(self, model_attribute: str = "model") -> None:
-        self.model_attribute = model_attribute
-        self._warned_no_layers = False
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        self._check_order(trainer)
-        network = network_of(pl_module, self.model_attribute, type(self).__name__)
-        if not dcls_layers(network) and not self._warned_no_layers:
-            self._warned_no_layers = True
-            rank_zero_warn(
-                f"ClampPositions: {type(pl_module).__name__}.{self.model_attribute} ({type(network).__name__}) has no "
-                f"DCLS layer; there is nothing to clamp."
-            )
-
-    def _check_order(self, trainer: pl.Trainer) -> None:
-        callbacks = trainer.callbacks
-        mine = next(index for index, callback in enumerate(callbacks) if callback is self)
-        averaging = [type(callback).__name__ for callback in callbacks[:mine] if isinstance(callback, WeightAveraging)]
-        if averaging:
-            raise MisconfigurationException(
-                f"ClampPositions is listed after {', '.join(averaging)} in trainer.callbacks; list ClampPositions "
-                f"before the EMA/weight-averaging callback. Both act in on_train_batch_end in list order, so the "
-                f"average would otherwise take in positions that have not been clamped into their window."
-            )
-
-    def on_train_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        clamp_model_positions_(getattr(pl_module, self.model_attribute))
 
 
 class EpochSeed(Callback):
@@ -109,8 +53,6 @@ class EpochSeed(Callback):
         return (base * 1_000_003 + epoch * 1_009 + rank) % 2**32
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        import numpy as np
-
         seed = self.epoch_seed(trainer.current_epoch, trainer.global_rank)
         random.seed(seed)
         np.random.seed(seed)
@@ -123,140 +65,77 @@ class EpochSeed(Callback):
             reseed(seed)
 
 
-class SigmaSchedule(Callback):
-    """Drive the effective width of every Gaussian/triangle DCLS element along a fixed schedule.
+class CSVMetricsResume(Callback):
+    """Continue a resumed run's ``metrics.csv`` instead of starting it again.
 
-    The width goes from ``start`` to ``end`` over the epochs ``[0, end_epoch)`` (``shape``
-    ``"linear"`` or ``"cosine"``) and stays at ``end`` afterwards; with ``interval="step"`` it
-    moves after every optimizer step (``global_step`` over the optimizer steps per epoch), with
-    ``"epoch"`` once per epoch. Widths are the effective ones: ``SIG`` is written so that
-    ``|SIG| + offset`` equals the scheduled width, with the layer's interpolation's offset
-    (0.27 gauss, 1 triangle), so ``start``/``end`` below the offset are rejected.
+    Lightning's :class:`~lightning.pytorch.loggers.CSVLogger` deletes ``metrics.csv`` when it opens
+    a folder that holds one, so resuming a run in its own folder (``dcls-zoo fit --ckpt_path
+    <run>/checkpoints/last.ckpt`` does) would lose every row before the checkpoint. Each checkpoint
+    records how many rows each CSV logger had written, its epoch, and whether that epoch's batches
+    were all done. On resume the rows up to the checkpoint are kept, with the epoch-end rows of a
+    finished epoch logged just after it (training-epoch metrics come after the checkpoint that
+    validation triggers); rows the interrupted run logged later are dropped, since the resumed
+    run logs those steps again. The logger appends after the kept rows.
 
-    While the callback is attached the widths are **not learned**: ``setup`` sets
-    ``requires_grad_(False)`` on every ``SIG`` (before ``configure_optimizers``, so recipes that
-    skip frozen parameters leave them out, and before DDP wraps the model), and ``teardown``
-    restores the previous flags. Learning a width that is overwritten before every step would
-    only waste optimizer state; the SNN-delays work likewise used a fixed, decreasing sigma.
-
-    Positions shared by a stage share their ``SIG``: it is written once per step. The width is a
-    function of the epoch (or step), so a resumed run picks it up without any saved state; it is
-    written before the sanity check (when the position in the schedule is already known),
-    at every epoch start (``"epoch"``) or every batch start (``"step"``).
-
-    Under ``EMAWeightAveraging`` the averaged model's ``SIG`` is the average of the scheduled
-    values, lagging the schedule by about ``1 / (1 - decay)`` steps; end the schedule well
-    before the last epoch if the final (EMA) model should have width ``end``.
-
-    Args:
-        start: effective width at epoch 0.
-        end: effective width from ``end_epoch`` on.
-        end_epoch: epochs the schedule takes (>= 1).
-        interval: ``"epoch"`` or ``"step"``.
-        shape: ``"linear"`` or ``"cosine"`` (half cosine from ``start`` to ``end``).
-        model_attribute: attribute of the LightningModule that holds the network.
+    ``dcls-zoo fit`` adds it and calls :meth:`read_existing_rows`. From Python: list it in the
+    Trainer's callbacks and call ``read_existing_rows(trainer)`` before ``trainer.fit(ckpt_path=...)``
+    (Lightning opens, and empties, the CSV files when fitting starts, before any callback hook).
     """
 
-    def __init__(
-        self,
-        start: float,
-        end: float,
-        end_epoch: int,
-        interval: Literal["epoch", "step"] = "epoch",
-        shape: Literal["linear", "cosine"] = "linear",
-        model_attribute: str = "model",
-    ) -> None:
-        if not (start > 0 and end > 0):
-            raise ValueError(f"start and end must be positive widths, got start={start}, end={end}")
-        if isinstance(end_epoch, bool) or not isinstance(end_epoch, int) or end_epoch < 1:
-            raise ValueError(f"end_epoch must be an int >= 1, got {end_epoch!r}")
-        if interval not in ("epoch", "step"):
-            raise ValueError(f"interval must be 'epoch' or 'step', got {interval!r}")
-        if shape not in ("linear", "cosine"):
-            raise ValueError(f"shape must be 'linear' or 'cosine', got {shape!r}")
-        self.start, self.end, self.end_epoch = float(start), float(end), end_epoch
-        self.interval, self.shape = interval, shape
-        self.model_attribute = model_attribute
-        self.groups: list[PositionGroup] = []  # the distinct SIG tensors, found in setup
-        self._requires_grad: list[bool] = []
+    CHECKPOINT_KEY = "dcls_zoo_csv_rows"
 
-    def width_at(self, epochs: float) -> float:
-        """The scheduled effective width after ``epochs`` (fractional) training epochs."""
-        progress = min(max(epochs / self.end_epoch, 0.0), 1.0)
-        if self.shape == "cosine":
-            progress = (1.0 - math.cos(math.pi * progress)) / 2.0
-        return self.start + (self.end - self.start) * progress
+    def __init__(self) -> None:
+        self._existing: dict[str, tuple[list[str], list[dict[str, str]]]] = {}  # log_dir -> (header, rows)
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
+    @staticmethod
+    def _csv_loggers(trainer: pl.Trainer) -> list[CSVLogger]:
+        return [logger for logger in trainer.loggers if isinstance(logger, CSVLogger)]
+
+    def read_existing_rows(self, trainer: pl.Trainer) -> None:
+        """Read the ``metrics.csv`` files the trainer's CSV loggers are about to reopen."""
+        for logger in self._csv_loggers(trainer):
+            path = Path(logger.log_dir) / "metrics.csv"
+            if path.is_file():
+                with path.open(newline="") as file:
+                    reader = csv.DictReader(file)
+                    self._existing[logger.log_dir] = (list(reader.fieldnames or []), list(reader))
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if not trainer.is_global_zero:  # only rank zero writes logs (and the checkpoint)
             return
-        network = network_of(pl_module, self.model_attribute, type(self).__name__)
-        self.groups = [group for group in position_groups(network) if group.SIG is not None]
-        if not self.groups:
-            raise MisconfigurationException(
-                f"SigmaSchedule: {type(pl_module).__name__}.{self.model_attribute} ({type(network).__name__}) has no "
-                f"DCLS layer with a width SIG (bilinear layers have none); build it with version 'gauss' or "
-                f"'triangle', or drop the callback."
-            )
-        for group in self.groups:
-            offset = group.owner.interpolation.sigma_offset
-            if min(self.start, self.end) < offset:
-                raise MisconfigurationException(
-                    f"SigmaSchedule: {group.name} uses {group.owner.interpolation.name!r} elements, whose effective "
-                    f"width |SIG| + {offset} cannot go below {offset}; got start={self.start}, end={self.end}."
-                )
-        self._requires_grad = [group.SIG.requires_grad for group in self.groups]
-        for group in self.groups:
-            group.SIG.requires_grad_(False)
+        rows = []
+        for logger in self._csv_loggers(trainer):
+            logger.save()  # flush what is buffered, so the file holds every row up to this step
+            path = Path(logger.experiment.metrics_file_path)
+            rows.append(_data_rows(path) if path.is_file() else 0)
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        checkpoint[self.CHECKPOINT_KEY] = {
+            "rows": rows,
+            "epoch": trainer.current_epoch,
+            "epoch_done": progress.completed >= trainer.num_training_batches,
+        }
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(self.CHECKPOINT_KEY)
+        if not saved:
             return
-        for group, requires_grad in zip(self.groups, self._requires_grad):
-            group.SIG.requires_grad_(requires_grad)
+        for logger, count in zip(self._csv_loggers(trainer), saved["rows"]):
+            header, rows = self._existing.pop(logger.log_dir, ([], []))
+            if not rows:
+                continue  # resumed into another folder: nothing to continue
+            kept = rows[:count]
+            if saved["epoch_done"]:
+                kept += [row for row in rows[count:] if row.get("epoch") == str(saved["epoch"])]
+            writer = logger.experiment
+            writer.metrics_keys = header
+            writer.metrics = [{key: value for key, value in row.items() if value != ""} for row in kept] + writer.metrics
+            writer.save()
+            log.info("CSVMetricsResume: %s continues after the %d rows logged up to the checkpoint", writer.metrics_file_path, len(kept))
 
-    def elapsed_epochs(self, trainer: pl.Trainer) -> float | None:
-        """Where training is in the schedule, in epochs; ``None`` while it cannot be known yet
-        (``"step"`` on a resumed run before the train dataloader is set up)."""
-        if self.interval == "epoch":
-            return float(trainer.current_epoch)
-        if trainer.global_step == 0:
-            return 0.0
-        batches = trainer.num_training_batches
-        if not (0 < batches < math.inf):
-            return None
-        # the optimizer steps at the end of every accumulation window and at the epoch's last batch
-        steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
-        return trainer.global_step / steps_per_epoch
 
-    @torch.no_grad()
-    def apply(self, trainer: pl.Trainer) -> float | None:
-        """Write the scheduled width into every ``SIG`` (each shared one once); returns it."""
-        epochs = self.elapsed_epochs(trainer)
-        if epochs is None:
-            return None
-        width = self.width_at(epochs)
-        for group in self.groups:
-            group.SIG.fill_(width - group.owner.interpolation.sigma_offset)
-        return width
-
-    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.apply(trainer)  # validation before training sees the width training starts with
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.interval == "step" and not trainer.num_training_batches < math.inf:
-            raise MisconfigurationException(
-                "SigmaSchedule(interval='step') needs the number of training batches per epoch, but the train "
-                "dataloader has no length; use interval='epoch' or a sized dataloader."
-            )
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.interval == "epoch":
-            self.apply(trainer)
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        if self.interval == "step":
-            self.apply(trainer)
+def _data_rows(path: Path) -> int:
+    with path.open(newline="") as file:
+        return max(sum(1 for _ in csv.reader(file)) - 1, 0)
 
 
 class HubPushCallback(Callback):
@@ -307,8 +186,6 @@ class HubPushCallback(Callback):
     def _push(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str, epochs_done: int) -> None:
         if not trainer.is_global_zero:
             return
-        from dcls_zoo import push_to_hub
-
         model = getattr(pl_module, self.model_attribute)
         local_dir = (self.export_dir or Path(trainer.default_root_dir) / "hub_export") / name
         card = dict(self.model_card)

@@ -1,6 +1,7 @@
 """Weights in and out of Lightning checkpoints: the one place that reads a ``.ckpt`` into a model.
 
-Used by ``dcls-zoo push`` / ``dcls-zoo export`` (checkpoint -> model -> Hub export) and by
+Used by ``dcls-zoo push`` / ``dcls-zoo export`` and the after-fit export (:func:`export_checkpoint`:
+checkpoint -> model -> Hub export) and by
 ``ImageClassifier(pretrained=...)`` (fine-tuning from a checkpoint, an export directory, a Hub
 repo or a registered tag).
 
@@ -25,13 +26,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
 import dcls_zoo
+from dcls_zoo.hub import save_pretrained
 from dcls_zoo.names import SOURCE_PREFIXES
 from dcls_zoo.state_dicts import (
     MODEL_PREFIXES,
@@ -46,6 +48,7 @@ from dcls_zoo.weights.fetch import PretrainedWeightsError
 __all__ = [
     "EXPORT_KEY",
     "PREFIXES",
+    "export_checkpoint",
     "export_metadata",
     "load_checkpoint",
     "load_pretrained_weights",
@@ -211,3 +214,45 @@ def load_pretrained_weights(model: nn.Module, source: str, arch: str) -> str:
     changes = _adapt(model, state)
     load_state_dict_strict(model, state, what=f"pretrained weights {description}")
     return description + (f"; {', '.join(changes)}" if changes else "")
+
+
+def export_checkpoint(
+    checkpoint_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    ema: bool | None = None,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    prefix: str | None = None,
+    label_names: Sequence[str] | None = None,
+    data_config: Mapping[str, Any] | None = None,
+    model_card: Mapping[str, Any] | None = None,
+    repo_id: str | None = None,
+) -> tuple[Path, str]:
+    """Write the checkpoint's model as a Hub export; returns ``(directory, weights description)``.
+
+    The label names, the evaluation preprocessing (``data_config``), the dataset and the metrics
+    default to what the training run recorded in the checkpoint
+    (:data:`~lightning_modules.checkpoints.EXPORT_KEY`), so a standalone export reloads exactly
+    as the run evaluated it; given values take precedence. ``repo_id`` names the Hub repo in the
+    card's usage snippet (default: a ``local-dir:`` snippet).
+    """
+    checkpoint = load_checkpoint(checkpoint_path)
+    model, notes = model_from_checkpoint(checkpoint, arch=arch, num_classes=num_classes, ema=ema, prefix=prefix)
+    recorded = export_metadata(checkpoint)
+    card = dict(model_card or {})
+    metrics = {**dict(recorded.get("metrics") or {}), **dict(card.get("metrics") or {})}
+    if metrics:
+        card["metrics"] = metrics
+    if recorded.get("dataset") and not card.get("dataset"):
+        card["dataset"] = recorded["dataset"]
+    card.setdefault("training", f"trained with dcls-zoo (Lightning); exported from {Path(checkpoint_path).name}: {notes}")
+    directory = save_pretrained(
+        model,
+        out_dir,
+        label_names=label_names if label_names is not None else recorded.get("label_names"),
+        data_config=data_config if data_config is not None else recorded.get("data_config"),
+        model_card=card,
+        repo_id=repo_id,
+    )
+    return directory, notes

@@ -1,7 +1,7 @@
 """The positions of a network in training: finding each distinct position tensor, and diagnostics.
 
 :func:`position_groups` lists every distinct ``P`` (and ``SIG``) of a network once, named by its
-stage; the callbacks of :mod:`lightning_modules.callbacks` and :class:`PositionMonitor` use it.
+stage; the callbacks of :mod:`lightning_modules.method` and :class:`PositionMonitor` use it.
 
 :class:`PositionMonitor` snapshots every distinct position tensor (one per stage when positions
 are shared) at the start of training and after every N-th epoch, and draws:
@@ -225,7 +225,8 @@ class PositionMonitor(Callback):
     - the histograms and kernel heatmaps are drawn (see the module docstring for the files).
 
     Only the previous positions and the histogram counts are kept, so memory stays small on
-    long runs. Groups are found by :func:`~lightning_modules.callbacks.position_groups`:
+    long runs. They are saved in checkpoints (:meth:`state_dict`, as tensors a weights-only load
+    reads), so a resumed run's pictures still start at epoch 0. Groups are found by :func:`position_groups`:
     positions shared by a stage count once and are named after the stage.
 
     Which weights: the ones being optimised. ``EMAWeightAveraging`` swaps its average into the
@@ -278,9 +279,33 @@ class PositionMonitor(Callback):
         # each fit draws its own record
         self.histograms, self.speeds, self._previous = {}, {}, None
 
+    def state_dict(self) -> dict[str, Any]:
+        """The record so far: histogram counts and edges (tensors), speeds, the last positions."""
+        histograms = {
+            name: [(epochs, [torch.from_numpy(c) for c in counts], [torch.from_numpy(e) for e in edges])
+                   for epochs, counts, edges in records]
+            for name, records in self.histograms.items()
+        }
+        previous = None if self._previous is None else {"epochs": self._previous[0], "positions": self._previous[1]}
+        return {"histograms": histograms, "speeds": self.speeds, "previous": previous}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the record of the run being resumed (called after :meth:`setup`)."""
+        self.histograms = {
+            name: [(int(epochs), [c.numpy() for c in counts], [e.numpy() for e in edges])
+                   for epochs, counts, edges in records]
+            for name, records in state_dict.get("histograms", {}).items()
+        }
+        self.speeds = {name: [(int(e), float(s)) for e, s in values] for name, values in state_dict.get("speeds", {}).items()}
+        previous = state_dict.get("previous")
+        self._previous = None if previous is None else (int(previous["epochs"]), dict(previous["positions"]))
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.groups and trainer.is_global_zero:
-            self._snapshot(trainer, pl_module, trainer.current_epoch)
+        if not self.groups or not trainer.is_global_zero:
+            return
+        if self._previous is not None and self._previous[0] == trainer.current_epoch:
+            return  # resumed: this epoch's snapshot is in the restored record already
+        self._snapshot(trainer, pl_module, trainer.current_epoch)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epochs = trainer.current_epoch + 1

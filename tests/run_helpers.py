@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -30,3 +32,23 @@ class StopAfterEpoch(Callback):
         if trainer.current_epoch == self.epoch:
             trainer.should_stop = True
 
+
+
+class RecordLabels(Callback):
+    """Appends each training batch's labels, one JSON line per step, to ``labels.jsonl`` in the
+    working directory: the order of the samples a run trained on, comparable across runs."""
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        with open("labels.jsonl", "a") as file:
+            file.write(json.dumps({"step": trainer.global_step, "labels": batch[1].tolist()}) + "\n")
+
+
+class StopAfterStep(Callback):
+    """Ends fitting after optimizer step ``step``, mid-epoch, as an interruption would."""
+
+    def __init__(self, step: int = 2) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            trainer.should_stop = True

@@ -10,7 +10,7 @@ import torch
 
 from lightning_modules import checkpoint_io
 from lightning_modules.checkpoint_io import AtomicCheckpointIO
-from lightning_modules.cli import main
+from lightning_modules.commands.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")

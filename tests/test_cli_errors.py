@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_modules.cli import main
+from lightning_modules.commands.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")

@@ -35,7 +35,7 @@ from dcls_zoo.convert import (  # noqa: E402
     load_checkpoint_strict,
     official_checkpoint_filter,
 )
-from lightning_modules.cli import main  # noqa: E402
+from lightning_modules.commands.main import main  # noqa: E402
 
 TINY = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
 SMALLER = dict(depths=(2, 2, 3, 2), dims=(16, 32, 48, 64))

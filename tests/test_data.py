@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import SequentialSampler
 
-from dcls_zoo.data import (
+from lightning_modules.data.fashion_mnist import (
     CLASS_NAMES,
     EMBEDDED_PATH,
     embedded_source_indices,
@@ -26,7 +26,7 @@ from dcls_zoo.data import (
     stratified_split,
     stratified_subset,
 )
-from dcls_zoo.data.build_subset import build_subset
+from lightning_modules.data.build_subset import build_subset
 from lightning_modules.data import FashionMNISTDataModule, ImageFolderDataModule, SeededShuffleSampler, SyntheticDataModule
 
 DEBIAN_DIRS = [Path("/usr/share/datasets/fashion-mnist"), Path("/tmp/fm/usr/share/datasets/fashion-mnist")]

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dcls_zoo.data import load_embedded
+from lightning_modules.data.fashion_mnist import load_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")

@@ -6,6 +6,7 @@ a stdlib HTTP server on 127.0.0.1, so nothing leaves the machine.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import itertools
 import json
@@ -26,8 +27,8 @@ import dcls_zoo
 from dcls_zoo.hub import PICKLE_SUFFIXES, HubUnreachableError, PushError
 from dcls_zoo.state_dicts import clean_state_dict
 from fake_hub import FakeHub
-from lightning_modules import checkpoints, push_command
-from lightning_modules.cli import main
+from lightning_modules import checkpoints
+from lightning_modules.commands.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = "convnext_dcls_atto"
@@ -389,7 +390,7 @@ def test_cli_push_checkpoint_errors(fake_hub, model, tmp_path, capsys):
     assert "no EMA weights" in capsys.readouterr().err
     assert main(["push", str(plain), "--repo-id", _repo("x"), "--arch", "convnext_dcls_femto"]) == 1
     assert "convnext_dcls_femto" in capsys.readouterr().err  # strict load names the mismatch
-    unsafe = _lightning_checkpoint(tmp_path / "unsafe.ckpt", model, datamodule=push_command.argparse.Namespace(a=1))
+    unsafe = _lightning_checkpoint(tmp_path / "unsafe.ckpt", model, datamodule=argparse.Namespace(a=1))
     assert main(["push", str(unsafe), "--repo-id", _repo("x")]) == 1
     assert "refusing to load" in capsys.readouterr().err
     assert fake_hub.requests == []

@@ -12,7 +12,7 @@ import torch
 
 from lightning_modules import FashionMNISTDataModule
 from lightning_modules.checkpoints import load_checkpoint, model_from_checkpoint
-from lightning_modules.cli import main
+from lightning_modules.commands.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -34,6 +34,8 @@ def test_predict_writes_named_top_k_from_the_checkpoint(tmp_path, monkeypatch):
     assert result.returncode == 0, result.stderr[-2000:]
     (line,) = [l for l in result.stdout.splitlines() if l.startswith("dcls-zoo predict: wrote")]
     path = tmp_path / line.rsplit(" to ", 1)[1]
+    assert path == run / "predict" / "last" / "predictions.csv"  # inside the checkpoint's run
+    assert list((tmp_path / "logs" / "quickstart").iterdir()) == [run]
     rows = list(csv.DictReader(open(path)))
     assert len(rows) == 64 and list(rows[0]) == ["index", "label", "prediction", "top1", "top2", "top3", "top4", "top5"]
     data = FashionMNISTDataModule(batch_size=32)

@@ -19,8 +19,9 @@ import yaml
 from PIL import Image
 from timm.data.auto_augment import AugmentOp
 
-from dcls_zoo.data import CLASS_NAMES, load_embedded
-from lightning_modules.data import ImageFolderDataModule, _posterize
+from lightning_modules.data.fashion_mnist import CLASS_NAMES, load_embedded
+from lightning_modules.data import ImageFolderDataModule
+from lightning_modules.data.datamodules import _posterize
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(
@@ -125,7 +126,7 @@ def test_pillow_13_still_refuses_zero_bits():
 def test_the_gray_quickstart_export_fine_tunes_on_rgb_folders(rgb_folders, tmp_path, monkeypatch):
     """The README's fine-tune command with a 1-channel export and 3-channel class folders."""
     import dcls_zoo
-    from lightning_modules.cli import main
+    from lightning_modules.commands.main import main
 
     export = tmp_path / "gray-export"
     dcls_zoo.save_pretrained(dcls_zoo.create_model("convnext_dcls_atto", num_classes=10, in_chans=1, patch_size=2), export)

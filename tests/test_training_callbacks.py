@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import dcls_zoo
 from dcls_zoo.construct import position_bounds
 from dcls_zoo.shared import SharedPositions
-from lightning_modules.callbacks import ClampPositions, PositionMonitor, SigmaSchedule
+from lightning_modules.method import ClampPositions, SigmaSchedule
+from lightning_modules.position_monitor import PositionMonitor
 from lightning_modules.position_monitor import position_groups
 from run_helpers import CrossEntropyClassifier
 

@@ -14,7 +14,7 @@ import torch
 
 import dcls_zoo
 from lightning_modules import FashionMNISTDataModule, ImageClassifier
-from lightning_modules.cli import main
+from lightning_modules.commands.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -33,6 +33,12 @@ SMALL_RUN = [
 def _run_dir(cwd: Path) -> Path:
     (run,) = (cwd / "logs" / "quickstart").iterdir()
     return run
+
+
+def _epoch_rows(run: Path) -> list[tuple[str, ...]]:
+    """The validation rows of a run's metrics.csv: (epoch, step, val/top1, val/loss)."""
+    rows = csv.DictReader(open(run / "metrics.csv"))
+    return [(r["epoch"], r["step"], r["val/top1"], r["val/loss"]) for r in rows if r.get("val/top1")]
 
 
 def _tensors(value, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -65,9 +71,21 @@ def test_resuming_from_last_checkpoint_continues_exactly(tmp_path, monkeypatch):
     assert stopped["epoch"] == 0
     assert main([*common, "--ckpt_path=logs/quickstart/version_0/checkpoints/last.ckpt"]) == 0
 
-    runs = sorted((interrupted / "logs" / "quickstart").iterdir())
+    # the resumed run continued in its own folder: one run, its metrics and pictures complete
+    run = _run_dir(interrupted)
+    assert [p.name for p in (interrupted / "logs" / "tensorboard" / "quickstart").iterdir()] == ["version_0"]
+    assert _epoch_rows(run) == _epoch_rows(_run_dir(straight))
+    want_summary = json.loads((_run_dir(straight) / "summary.json").read_text())
+    got_summary = json.loads((run / "summary.json").read_text())
+    assert got_summary["best_val/top1"] == want_summary["best_val/top1"]
+    assert got_summary["resumed_from"].endswith("last.ckpt")
     expected = torch.load(_run_dir(straight) / "checkpoints" / "last.ckpt", weights_only=True)
-    resumed = torch.load(runs[-1] / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    monitor_state = resumed["callbacks"]["PositionMonitor"]
+    assert [epochs for epochs, _, _ in next(iter(monitor_state["histograms"].values()))] == [0, 1, 2]
+    for group, records in expected["callbacks"]["PositionMonitor"]["histograms"].items():
+        for (epochs, counts, _), (got_epochs, got_counts, _) in zip(records, monitor_state["histograms"][group]):
+            assert epochs == got_epochs and all(torch.equal(a, b) for a, b in zip(counts, got_counts)), (group, epochs)
     assert (resumed["epoch"], resumed["global_step"]) == (expected["epoch"], expected["global_step"]) == (1, 6)
     want, got = _tensors(expected), _tensors(resumed)
     # model (EMA and raw), optimizer moments, scheduler, EMA counter
@@ -76,6 +94,53 @@ def test_resuming_from_last_checkpoint_continues_exactly(tmp_path, monkeypatch):
         if key.startswith(("/state_dict", "/current_model_state", "/optimizer_states", "/lr_schedulers", "/averaging_state")):
             assert torch.equal(got[key], value), key
     assert resumed["lr_schedulers"][0]["last_epoch"] == expected["lr_schedulers"][0]["last_epoch"] == 6
+
+
+@pytest.mark.slow
+def test_a_run_stopped_mid_epoch_is_exported_and_resumes_exactly_in_its_folder(tmp_path, monkeypatch, recwarn):
+    """--trainer.max_steps=2 ends epoch 0 after 2 of its 3 batches: the job exports last.ckpt (no
+    validation ran, so there is no best one). A run interrupted after step 2 resumes from the
+    checkpoint written then and continues epoch 0 with the samples it had not seen: the same
+    labels, step by step, and the same learning rates as an uninterrupted run, in the same run
+    folder, with no "not resumable" warning."""
+    straight, capped, short = tmp_path / "straight", tmp_path / "capped", tmp_path / "short"
+    straight.mkdir(), capped.mkdir(), short.mkdir()
+    common = ["fit", "-c", QUICKSTART, *SMALL_RUN, "--trainer.log_every_n_steps=1",
+              "--trainer.callbacks+=run_helpers.RecordLabels", "--test_after_fit=false"]
+    monkeypatch.chdir(capped)
+    assert main([*common, "--trainer.max_steps=2"]) == 0
+    summary = json.loads((_run_dir(capped) / "summary.json").read_text())
+    assert summary["global_steps"] == 2 and Path(summary["last_checkpoint"]).name == "last.ckpt"
+    model = dcls_zoo.create_model(f"local-dir:{summary['export_dir']}", pretrained=True)
+    last = torch.load(summary["last_checkpoint"], weights_only=True)["state_dict"]
+    assert all(torch.equal(value, last[f"model.{key}"]) for key, value in model.state_dict().items())
+
+    monkeypatch.chdir(straight)
+    assert main([*common, "--export_after_fit=false"]) == 0
+    monkeypatch.chdir(short)  # interrupted after step 2, with a checkpoint written after every 2 steps
+    every_two_steps = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+                       "--trainer.callbacks.init_args.every_n_train_steps=2",
+                       "--trainer.callbacks.init_args.filename=mid-{step}"]
+    assert main([*common, "--export_after_fit=false", *every_two_steps, "--trainer.callbacks+=run_helpers.StopAfterStep"]) == 0
+    run = _run_dir(short)
+    recwarn.clear()
+    mid_epoch = run / "checkpoints" / "mid-step=2.ckpt"
+    assert main([*common, "--export_after_fit=false", f"--ckpt_path={mid_epoch}"]) == 0
+    assert not [w for w in recwarn if "not resumable" in str(w.message)]
+    assert [p.name for p in (short / "logs" / "quickstart").iterdir()] == ["version_0"]
+
+    def steps(directory: Path) -> list[tuple[int, list[int]]]:
+        return [(r["step"], r["labels"]) for r in map(json.loads, open(directory / "labels.jsonl"))]
+
+    assert steps(short) == steps(straight) and len(steps(straight)) == 6
+
+    def learning_rates(directory: Path) -> dict[str, str]:
+        rows = csv.DictReader(open(_run_dir(directory) / "metrics.csv"))
+        return {r["step"]: r["lr-AdamW/decay"] for r in rows if r.get("lr-AdamW/decay")}
+
+    assert learning_rates(short) == learning_rates(straight) and len(learning_rates(straight)) >= 6
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (resumed["epoch"], resumed["global_step"]) == (1, 6)
 
 
 @pytest.mark.slow
@@ -135,10 +200,12 @@ def test_quickstart_job_tests_exports_and_summarises(tmp_path, monkeypatch):
     assert list((tmp_path / "logs" / "tensorboard" / "quickstart").rglob("events.out.tfevents.*"))
 
     # the same config evaluates the best checkpoint with `dcls-zoo test` (EMA weights, as after fit)
+    # ... and writes its results into the checkpoint's run folder, not a new version_N
     evaluate = ["test", "-c", QUICKSTART, "--data.batch_size=32", "--trainer.limit_test_batches=2"]
     assert main([*evaluate, f"--ckpt_path={summary['best_checkpoint']}"]) == 0
-    newest = sorted((tmp_path / "logs" / "quickstart").iterdir())[-1]
-    (row,) = [r for r in csv.DictReader(open(newest / "metrics.csv")) if r.get("test/top1")]
+    assert [p.name for p in (tmp_path / "logs" / "quickstart").iterdir()] == [run.name]
+    results = run / "test" / Path(summary["best_checkpoint"]).stem
+    (row,) = [r for r in csv.DictReader(open(results / "metrics.csv")) if r.get("test/top1")]
     assert round(float(row["test/top1"]), 4) == summary["test/top1"]
 
 

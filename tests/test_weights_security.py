@@ -25,7 +25,7 @@ from dcls_zoo.state_dicts import WeightsFileError, sha256_file
 from dcls_zoo.weights import fetch
 from dcls_zoo.weights.fetch import ChecksumMismatchError, HubUnreachableError, UnsafeFileNameError
 from lightning_modules.checkpoints import load_checkpoint
-from lightning_modules.cli import main
+from lightning_modules.commands.main import main
 from lightning_modules.module import ImageClassifier
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,19 +21,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .export_command import add_checkpoint_arguments, export_checkpoint
+from dcls_zoo.hub import PushError, require_token, upload_export
 
+from ..checkpoints import export_checkpoint
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", type=Path, help="an export directory, or a Lightning .ckpt file")
-    parser.add_argument("--repo-id", required=True, help="the Hub repo, ORG/NAME (created if missing)")
-    parser.add_argument("--revision", default=None, help="branch to push to (created if missing; default main)")
-    parser.add_argument("--private", action="store_true", help="create the repo private")
-    add_checkpoint_arguments(parser)
-    parser.add_argument(
-        "--out", type=Path, default=None, help="checkpoint only: export directory (default: <stem>-export beside it)"
-    )
-    parser.add_argument("--commit-message", default=None, help="commit message on the Hub")
+__all__ = ["run"]
 
 
 def _fail(message: str) -> int:
@@ -42,8 +34,7 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dcls_zoo.hub import PushError, require_token, upload_export
-
+    """``dcls-zoo push`` (options: :func:`~lightning_modules.commands.arguments.add_push_arguments`)."""
     try:
         token = require_token(None)
     except ValueError as error:

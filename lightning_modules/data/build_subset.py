@@ -1,7 +1,7 @@
 """Build the embedded Fashion-MNIST subset from the official IDX files.
 
-    python -m dcls_zoo.data.build_subset --source /usr/share/datasets/fashion-mnist \\
-        --out dcls_zoo/data/fashion_mnist_subset.npz
+    python -m lightning_modules.data.build_subset --source /usr/share/datasets/fashion-mnist \\
+        --out lightning_modules/data/fashion_mnist_subset.npz
 
 The ``.npz`` holds, for ``split`` in ``train``/``test``: ``{split}_images`` ``uint8 (N, 28, 28)``,
 ``{split}_labels`` ``uint8 (N,)`` and ``{split}_indices`` ``int64 (N,)`` (each image's index in the

@@ -8,7 +8,7 @@ Pure numpy functions (no torch, no Lightning):
   ``/usr/share/datasets/fashion-mnist``) or in torchvision's (``ROOT/FashionMNIST/raw/``).
 - :func:`load_embedded` reads the stratified subset committed with the package
   (600 images per class from the official train split, 100 per class from the official test split;
-  see ``LICENSE-fashion-mnist.txt`` and :mod:`dcls_zoo.data.build_subset`).
+  see ``LICENSE-fashion-mnist.txt`` and :mod:`lightning_modules.data.build_subset`).
 - :func:`stratified_subset` / :func:`stratified_split` draw class-balanced index sets.
 """
 
@@ -52,7 +52,7 @@ CLASS_NAMES: tuple[str, ...] = (
 
 IMAGE_SHAPE = (28, 28)
 
-#: The committed subset (written by ``python -m dcls_zoo.data.build_subset``).
+#: The committed subset (written by ``python -m lightning_modules.data.build_subset``).
 EMBEDDED_PATH = Path(__file__).resolve().parent / "fashion_mnist_subset.npz"
 
 # IDX type codes (third byte of the magic number) -> big-endian numpy dtype.
@@ -227,7 +227,7 @@ def _load_npz(split: str) -> dict[str, np.ndarray]:
     if not EMBEDDED_PATH.is_file():
         raise FileNotFoundError(
             f"the embedded Fashion-MNIST subset {EMBEDDED_PATH} is missing (a broken install?); "
-            "rebuild it with `python -m dcls_zoo.data.build_subset --source DIR --out "
+            "rebuild it with `python -m lightning_modules.data.build_subset --source DIR --out "
             f"{EMBEDDED_PATH}`"
         )
     with np.load(EMBEDDED_PATH) as npz:

@@ -16,37 +16,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import timm
+
+import dcls_zoo
 from dcls_zoo.state_dicts import WEIGHTS_NAME as SAFETENSORS_NAME
+from dcls_zoo.state_dicts import load_state_dict_strict, save_safetensors
+from dcls_zoo.weights.official import convert_official
 
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="the authors' .pth file (read with weights_only=True)")
-    parser.add_argument("--arch", required=True, help="our architecture, e.g. convnext_dcls_tiny or convnext_dcls_gauss_tiny")
-    parser.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        help=f"a .safetensors file, or a directory that receives {SAFETENSORS_NAME}",
-    )
-    parser.add_argument(
-        "--key",
-        default=None,
-        help="which entry holds the weights (model or model_ema; default: model_ema if present, else model)",
-    )
-    parser.add_argument(
-        "--source-axis-order",
-        choices=("hw", "wh"),
-        default=None,
-        help="override the arch's known position axis order: hw = H-first (official v0), "
-        "wh = W-first (official v1/max/gauss, flipped)",
-    )
-    parser.add_argument(
-        "--num-classes",
-        type=int,
-        default=None,
-        help="classes of the model used for the strict check (default: the rows of head.fc.weight)",
-    )
-    parser.add_argument("--no-check", action="store_true", help="write without the strict load check")
+__all__ = ["run"]
 
 
 def _output_path(out: Path) -> Path:
@@ -59,13 +36,7 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here so `dcls-zoo --help` and the other commands stay fast.
-    import timm
-
-    import dcls_zoo
-    from dcls_zoo.state_dicts import load_state_dict_strict, save_safetensors
-    from dcls_zoo.weights.official import convert_official
-
+    """``dcls-zoo convert`` (options: :func:`~lightning_modules.commands.arguments.add_convert_arguments`)."""
     if not args.no_check and not timm.is_model(args.arch.split(".", 1)[0]):
         return _fail(f"unknown arch {args.arch!r}; dcls-zoo models: {', '.join(dcls_zoo.list_models())}")
     try:

@@ -31,11 +31,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
-from dcls_zoo.data import CLASS_NAMES, find_idx_files, load_embedded, load_idx_split, read_idx_header, stratified_split
+from .fashion_mnist import CLASS_NAMES, find_idx_files, load_embedded, load_idx_split, read_idx_header, stratified_split
 
 __all__ = [
     "FashionMNISTDataModule",
     "ImageFolderDataModule",
+    "ResumableDataLoader",
     "SeededShuffleSampler",
     "SyntheticDataModule",
     "TensorImageDataset",
@@ -121,17 +122,90 @@ class SeededShuffleSampler(Sampler[int]):
     A plain ``RandomSampler`` draws its permutation from a generator whose state depends on what
     ran before the epoch; here the order is a function of the seed, which :meth:`_ImageDataModule.reseed`
     sets per epoch, so a resumed run sees the epochs in the same order as an uninterrupted one.
+
+    Mid-epoch resume (:class:`ResumableDataLoader`): :meth:`resume_at` makes the pass of one epoch
+    start after the samples that epoch had already given; Lightning's ``set_epoch`` call at the
+    start of any other epoch cancels it.
     """
 
     def __init__(self, size: int, seed: int = 0) -> None:
         self.size, self.seed = size, seed
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, samples to skip)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this at the start of every epoch, a resumed one included."""
+        self.epoch = epoch
+        if self._resume is not None and self._resume[0] != epoch:
+            self._resume = None  # the checkpoint's epoch was over: this one starts from its first sample
+
+    def resume_at(self, epoch: int, samples: int) -> None:
+        """Skip the first ``samples`` of ``epoch``'s order (only there, and only once)."""
+        self._resume = (epoch, samples)
+
+    @property
+    def skipped(self) -> int:
+        """The samples the next pass skips."""
+        return self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+        start, self._resume = self.skipped, None
+        return iter(torch.randperm(self.size, generator=generator)[start:].tolist())
 
     def __len__(self) -> int:
         return self.size
+
+
+class ResumableDataLoader(DataLoader):
+    """The training loader, resumable mid-epoch: Lightning saves its :meth:`state_dict` in checkpoints.
+
+    The state is the epoch, its shuffle seed and how many batches of it were taken. Lightning takes
+    the batches of a sized loader one at a time (no prefetch), so that is what training consumed.
+    Resuming from a checkpoint written mid-epoch (``--trainer.max_steps``, ``every_n_train_steps``)
+    continues that epoch with exactly the samples it had not given yet, in the same order and
+    batches, and the epoch keeps its length (so the learning-rate schedule is the same). Not
+    replayed: the random draws of the rest of that epoch (augmentations, mixup, drop-path) start
+    afresh, so those batches hold the uninterrupted run's samples, not its augmentations. From the
+    next epoch on, :class:`~lightning_modules.callbacks.EpochSeed` makes the run bit-identical again.
+
+    What a checkpoint written mid-epoch is: one saved after a training batch (``ModelCheckpoint``'s
+    ``every_n_train_steps`` or ``train_time_interval``). A run stopped by ``--trainer.max_steps``
+    ends its epoch early by Lightning's count: its ``last.ckpt`` resumes at the next epoch.
+
+    Only a :class:`SeededShuffleSampler` is resumable; under DDP Lightning wraps the sampler in a
+    distributed one and a mid-epoch resume restarts the epoch's order (epoch-end resumes stay exact).
+    """
+
+    def __init__(self, dataset: Dataset, *, sampler: Sampler[int], **kwargs: Any) -> None:
+        if not kwargs.get("drop_last"):
+            raise ValueError("ResumableDataLoader needs drop_last=True: a resumed epoch restarts on a batch boundary")
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self._taken = 0
+
+    def _seeded(self) -> SeededShuffleSampler | None:
+        return self.sampler if isinstance(self.sampler, SeededShuffleSampler) else None
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self._seeded()
+        self._taken = sampler.skipped // self.batch_size if sampler is not None else 0
+        for batch in super().__iter__():
+            self._taken += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "seed", "batches"}``: the epoch, its order and the batches it has given."""
+        sampler = self._seeded()
+        if sampler is None:
+            return {}
+        return {"epoch": int(sampler.epoch), "seed": int(sampler.seed), "batches": int(self._taken)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        sampler = self._seeded()
+        if sampler is None or not state_dict or int(state_dict["batches"]) >= len(self):
+            return
+        sampler.seed = int(state_dict["seed"])
+        sampler.resume_at(int(state_dict["epoch"]), int(state_dict["batches"]) * self.batch_size)
 
 
 class _ImageDataModule(L.LightningDataModule):
@@ -153,6 +227,8 @@ class _ImageDataModule(L.LightningDataModule):
         self.test_set: Dataset | None = None
         self.shuffle_seed = 0
         self.train_sampler: SeededShuffleSampler | None = None
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_loader_state: dict[str, int] | None = None  # from a checkpoint, for the next train loader
         # Creating a data iterator draws a worker seed; this generator keeps that draw away from the
         # global generator, whose per-epoch state EpochSeed fixes.
         self.loader_generator = torch.Generator().manual_seed(0)
@@ -196,18 +272,33 @@ class _ImageDataModule(L.LightningDataModule):
         self.setup()
         train = split == "train"
         dataset = getattr(self, f"{split}_set")
-        if train:
-            self.train_sampler = SeededShuffleSampler(len(dataset), seed=self.shuffle_seed)
-        return DataLoader(
-            dataset,
+        common = dict(
             batch_size=self.batch_size,
-            sampler=self.train_sampler if train else None,
-            drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            generator=self.loader_generator if train else None,
         )
+        if not train:
+            return DataLoader(dataset, **common)
+        self.train_sampler = SeededShuffleSampler(len(dataset), seed=self.shuffle_seed)
+        self._train_loader = ResumableDataLoader(
+            dataset, sampler=self.train_sampler, drop_last=True, generator=self.loader_generator, **common
+        )
+        if self._train_loader_state:
+            self._train_loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = None
+        return self._train_loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's place in its epoch (see :class:`ResumableDataLoader`)."""
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores the DataModule before anything asks for a loader. It also hands the
+        # loader its own saved state, but only when the loader is created after the loops are
+        # restored, and ``trainer.estimated_stepping_batches`` (the schedule's length, asked for in
+        # configure_optimizers) creates it before: so the DataModule carries the state over.
+        self._train_loader_state = state_dict.get("train_loader") or None
 
     def reseed(self, seed: int) -> None:
         """Fix the training order of the next epoch (``EpochSeed`` calls this at every epoch start)."""
