@@ -37,8 +37,9 @@ class EpochSeed(Callback):
     random generators, so a resumed run would shuffle, augment, mix and drop paths differently
     from an uninterrupted one. Reseeding at ``on_train_epoch_start`` (which precedes the creation
     of the epoch's data iterator) makes every epoch's randomness a function of its index: resuming
-    from an epoch-end checkpoint (``last.ckpt``) continues exactly. Mid-epoch checkpoints resume
-    with the epoch's sequence restarted, not continued.
+    from an epoch-end checkpoint (``last.ckpt``) continues exactly. A mid-epoch checkpoint continues
+    its epoch with the samples not seen yet (see :class:`~lightning_modules.data.ResumableDataLoader`),
+    their random augmentations drawn afresh.
 
     Args:
         seed: base seed; ``None`` takes the run's ``seed_everything`` value (``PL_GLOBAL_SEED``), else 0.

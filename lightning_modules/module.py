@@ -199,6 +199,11 @@ class ImageClassifier(pl.LightningModule):
         return self.model(images)
 
     def setup(self, stage: str) -> None:
+        # One image at the data's size: Lightning's model summary counts the FLOPs with it (the
+        # column shows 0 without), and an image size from the data, not the model's 224 default.
+        size = getattr(self.trainer.datamodule, "image_size", None) if self._trainer is not None else None
+        if isinstance(size, int) and self.example_input_array is None:
+            self.example_input_array = torch.zeros(1, self.hparams.in_chans, size, size)
         if stage == "fit" and self.hparams.compile:
             self.model.compile()  # in place: state-dict keys keep their names
 

@@ -13,10 +13,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.model_summary import ModelSummary
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
 import dcls_zoo
-from lightning_modules import ImageClassifier, NonFiniteLossError
+from lightning_modules import FashionMNISTDataModule, ImageClassifier, NonFiniteLossError
 from lightning_modules.optim import WarmupCosine, parameter_groups
 
 TINY = dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), patch_size=2)
@@ -254,3 +256,16 @@ def test_a_gray_export_fine_tunes_on_rgb_with_the_same_response_to_gray_images(t
 def test_missing_pretrained_path_is_reported():
     with pytest.raises(ValueError, match="no such file or directory"):
         _classifier(pretrained="runs/nothing/here.pt")
+
+
+def test_model_summary_counts_flops_at_the_data_image_size(tmp_path):
+    """The summary's FLOPs column measured one image of the data's size (it showed 0 before)."""
+    module = _classifier()
+    data = FashionMNISTDataModule(batch_size=16, image_size=32)
+    _trainer(tmp_path, max_epochs=1, limit_train_batches=1, limit_val_batches=0).fit(module, datamodule=data)
+    assert tuple(module.example_input_array.shape) == (1, 1, 32, 32)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        module.model.eval()(torch.zeros(1, 1, 32, 32))
+    summary = ModelSummary(module, max_depth=1)
+    assert summary.total_flops == counter.get_total_flops() > 0
