@@ -6,6 +6,11 @@ import os
 import sys
 from pathlib import Path
 
+# Lightning's log handlers bind the stream sys.stderr is when Lightning is first imported. The
+# ``dcls-zoo`` entry point imports Lightning only when a training command runs, which inside a
+# test is under capsys: import it here so the handlers write to the real stderr, not to a test's
+# captured stream that is closed after it.
+import lightning.pytorch  # noqa: F401
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -30,6 +30,21 @@ SMALL_RUN = [
 ]
 
 
+# what the resume tests run: labels recorded per step, every step logged, no after-fit job
+RESUMABLE_RUN = ["fit", "-c", QUICKSTART, *SMALL_RUN, "--trainer.log_every_n_steps=1",
+                 "--trainer.callbacks+=run_helpers.RecordLabels", "--test_after_fit=false", "--export_after_fit=false"]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> Path:
+    """One uninterrupted RESUMABLE_RUN, the reference of the resume tests (its working directory)."""
+    directory = tmp_path_factory.mktemp("straight")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(directory)
+        assert main(RESUMABLE_RUN) == 0
+    return directory
+
+
 def _run_dir(cwd: Path) -> Path:
     (run,) = (cwd / "logs" / "quickstart").iterdir()
     return run
@@ -58,13 +73,11 @@ def _tensors(value, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_resuming_from_last_checkpoint_continues_exactly(tmp_path, monkeypatch):
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    straight.mkdir(), interrupted.mkdir()
-    common = ["fit", "-c", QUICKSTART, *SMALL_RUN, "--test_after_fit=false", "--export_after_fit=false"]
+def test_resuming_from_last_checkpoint_continues_exactly(straight_run, tmp_path, monkeypatch):
+    straight, interrupted = straight_run, tmp_path / "interrupted"
+    interrupted.mkdir()
+    common = RESUMABLE_RUN
 
-    monkeypatch.chdir(straight)
-    assert main(common) == 0
     monkeypatch.chdir(interrupted)
     assert main([*common, "--trainer.callbacks+=run_helpers.StopAfterEpoch"]) == 0
     stopped = torch.load(_run_dir(interrupted) / "checkpoints" / "last.ckpt", weights_only=True)
@@ -97,35 +110,32 @@ def test_resuming_from_last_checkpoint_continues_exactly(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_run_stopped_mid_epoch_is_exported_and_resumes_exactly_in_its_folder(tmp_path, monkeypatch, recwarn):
+def test_a_run_stopped_mid_epoch_is_exported_and_resumes_exactly_in_its_folder(straight_run, tmp_path, monkeypatch, recwarn):
     """--trainer.max_steps=2 ends epoch 0 after 2 of its 3 batches: the job exports last.ckpt (no
     validation ran, so there is no best one). A run interrupted after step 2 resumes from the
     checkpoint written then and continues epoch 0 with the samples it had not seen: the same
     labels, step by step, and the same learning rates as an uninterrupted run, in the same run
     folder, with no "not resumable" warning."""
-    straight, capped, short = tmp_path / "straight", tmp_path / "capped", tmp_path / "short"
-    straight.mkdir(), capped.mkdir(), short.mkdir()
-    common = ["fit", "-c", QUICKSTART, *SMALL_RUN, "--trainer.log_every_n_steps=1",
-              "--trainer.callbacks+=run_helpers.RecordLabels", "--test_after_fit=false"]
+    straight, capped, short = straight_run, tmp_path / "capped", tmp_path / "short"
+    capped.mkdir(), short.mkdir()
+    common = RESUMABLE_RUN
     monkeypatch.chdir(capped)
-    assert main([*common, "--trainer.max_steps=2"]) == 0
+    assert main([*common, "--trainer.max_steps=2", "--export_after_fit=true"]) == 0
     summary = json.loads((_run_dir(capped) / "summary.json").read_text())
     assert summary["global_steps"] == 2 and Path(summary["last_checkpoint"]).name == "last.ckpt"
     model = dcls_zoo.create_model(f"local-dir:{summary['export_dir']}", pretrained=True)
     last = torch.load(summary["last_checkpoint"], weights_only=True)["state_dict"]
     assert all(torch.equal(value, last[f"model.{key}"]) for key, value in model.state_dict().items())
 
-    monkeypatch.chdir(straight)
-    assert main([*common, "--export_after_fit=false"]) == 0
     monkeypatch.chdir(short)  # interrupted after step 2, with a checkpoint written after every 2 steps
     every_two_steps = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
                        "--trainer.callbacks.init_args.every_n_train_steps=2",
                        "--trainer.callbacks.init_args.filename=mid-{step}"]
-    assert main([*common, "--export_after_fit=false", *every_two_steps, "--trainer.callbacks+=run_helpers.StopAfterStep"]) == 0
+    assert main([*common, *every_two_steps, "--trainer.callbacks+=run_helpers.StopAfterStep"]) == 0
     run = _run_dir(short)
     recwarn.clear()
     mid_epoch = run / "checkpoints" / "mid-step=2.ckpt"
-    assert main([*common, "--export_after_fit=false", f"--ckpt_path={mid_epoch}"]) == 0
+    assert main([*common, f"--ckpt_path={mid_epoch}"]) == 0
     assert not [w for w in recwarn if "not resumable" in str(w.message)]
     assert [p.name for p in (short / "logs" / "quickstart").iterdir()] == ["version_0"]
 
