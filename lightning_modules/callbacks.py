@@ -13,6 +13,8 @@ import csv
 import logging
 import os
 import random
+import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,9 @@ from dcls_zoo.hub import push_to_hub
 __all__ = ["CSVMetricsResume", "EpochSeed", "HubPushCallback"]
 
 log = logging.getLogger(__name__)
+
+#: where a resumed run's metrics.csv waits until its rows are written back
+BACKUP_NAME = "metrics.before-resume.csv"
 
 
 class EpochSeed(Callback):
@@ -93,13 +98,24 @@ class CSVMetricsResume(Callback):
         return [logger for logger in trainer.loggers if isinstance(logger, CSVLogger)]
 
     def read_existing_rows(self, trainer: pl.Trainer) -> None:
-        """Read the ``metrics.csv`` files the trainer's CSV loggers are about to reopen."""
+        """Read the ``metrics.csv`` files the trainer's CSV loggers are about to reopen.
+
+        Each file is copied to ``metrics.before-resume.csv`` until its rows are written back (so a
+        resume that dies before restoring the checkpoint loses nothing), and its logger is opened
+        now, with Lightning's "previous log files ... will be deleted" warning silenced: the rows
+        up to the checkpoint come back when it is restored.
+        """
         for logger in self._csv_loggers(trainer):
             path = Path(logger.log_dir) / "metrics.csv"
-            if path.is_file():
-                with path.open(newline="") as file:
-                    reader = csv.DictReader(file)
-                    self._existing[logger.log_dir] = (list(reader.fieldnames or []), list(reader))
+            if not path.is_file():
+                continue
+            shutil.copy2(path, path.with_name(BACKUP_NAME))
+            with path.open(newline="") as file:
+                reader = csv.DictReader(file)
+                self._existing[logger.log_dir] = (list(reader.fieldnames or []), list(reader))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be deleted.*")
+                logger.experiment  # noqa: B018 (opening the writer deletes the file: its rows are held above)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         if not trainer.is_global_zero:  # only rank zero writes logs (and the checkpoint)
@@ -131,6 +147,7 @@ class CSVMetricsResume(Callback):
             writer.metrics_keys = header
             writer.metrics = [{key: value for key, value in row.items() if value != ""} for row in kept] + writer.metrics
             writer.save()
+            Path(writer.metrics_file_path).with_name(BACKUP_NAME).unlink(missing_ok=True)
             log.info("CSVMetricsResume: %s continues after the %d rows logged up to the checkpoint", writer.metrics_file_path, len(kept))
 
 

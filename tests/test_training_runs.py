@@ -88,6 +88,7 @@ def test_resuming_from_last_checkpoint_continues_exactly(straight_run, tmp_path,
     run = _run_dir(interrupted)
     assert [p.name for p in (interrupted / "logs" / "tensorboard" / "quickstart").iterdir()] == ["version_0"]
     assert _epoch_rows(run) == _epoch_rows(_run_dir(straight))
+    assert not (run / "metrics.before-resume.csv").exists()  # the safety copy goes once the rows are back
     want_summary = json.loads((_run_dir(straight) / "summary.json").read_text())
     got_summary = json.loads((run / "summary.json").read_text())
     assert got_summary["best_val/top1"] == want_summary["best_val/top1"]
