@@ -125,11 +125,15 @@ class CSVMetricsResume(Callback):
             logger.save()  # flush what is buffered, so the file holds every row up to this step
             path = Path(logger.experiment.metrics_file_path)
             rows.append(_data_rows(path) if path.is_file() else 0)
-        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        # Done: every batch of the epoch ran (the checkpoint validation triggers at its end), or
+        # Lightning has counted the epoch as processed (a stop by max_steps or should_stop): a
+        # resume starts the next epoch, so this one's epoch-end rows, logged after, are final.
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current
+        epochs = trainer.fit_loop.epoch_progress.current
         checkpoint[self.CHECKPOINT_KEY] = {
             "rows": rows,
             "epoch": trainer.current_epoch,
-            "epoch_done": progress.completed >= trainer.num_training_batches,
+            "epoch_done": batches.completed >= trainer.num_training_batches or epochs.processed > epochs.completed,
         }
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,6 +147,13 @@ def test_non_finite_loss_stops_with_a_message(tmp_path, monkeypatch, capsys):
 
 
 def test_benchmark_command_lists_the_scripts(capsys):
-    assert main(["benchmark", "no_such_benchmark"]) == 1
+    assert main(["benchmark", "no_such_benchmark"]) == 2
     err = capsys.readouterr().err
     assert "construction" in err and "model_throughput" in err and "common" not in err.split("available:")[1]
+
+
+def test_help_piped_into_a_reader_that_stops_early_is_no_error():
+    """``dcls-zoo --help | head -1``: the closed pipe is not a traceback."""
+    result = subprocess.run(f"{sys.executable} -m lightning_modules --help | head -1", shell=True,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.startswith("usage: dcls-zoo COMMAND") and "Traceback" not in result.stderr

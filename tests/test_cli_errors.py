@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lightning_modules.commands.main import main
+from lightning_modules.commands.train import run_folder_of
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
@@ -28,6 +29,7 @@ def garbage_checkpoint(tmp_path) -> Path:
         (["--model.optimizer.init_args.lr=-1"], "model.optimizer: Invalid learning rate: -1.0"),
         (["--trainer.max_epochs=-5"], "trainer: `max_epochs` must be a non-negative integer"),
         (["--ckpt_path=missing/last.ckpt"], "--ckpt_path: checkpoint 'missing/last.ckpt' does not exist"),
+        (["--ckpt_path=last"], "--ckpt_path last: no run under logs/quickstart/version_* has a last checkpoint"),
         (["--model.mixup_alpha=0.8", "--data.init_args.batch_size=63"], "needs an even batch size; pass an even --data.init_args.batch_size"),
         (["--model.pretrained=in1k"], "No pretrained weights exist for convnext_dcls_atto.in1k; weights exist for"),
         (["--data.init_args.data_dir=/nowhere"], "data_dir='/nowhere': Fashion-MNIST test files not found"),
@@ -54,3 +56,32 @@ def test_a_garbage_ckpt_path_is_named_by_the_command(garbage_checkpoint, tmp_pat
         assert result.returncode == 2, result.stderr[-2000:]
         assert f"dcls-zoo {command}: error: --ckpt_path: cannot read checkpoint '{garbage_checkpoint}'" in result.stderr
         assert "truncated or corrupted" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["test", "validate"])
+def test_evaluating_random_weights_is_refused(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main([command, "-c", QUICKSTART, "--trainer.limit_test_batches=1", "--trainer.limit_val_batches=1"])
+    assert info.value.code == 2
+    assert f"dcls-zoo {command}: error: {command} needs weights: pass --ckpt_path" in capsys.readouterr().err
+
+
+def test_a_trainer_that_refuses_its_callbacks_is_one_line(tmp_path):
+    """No logger, but the config's LearningRateMonitor needs one: Lightning raises once the
+    Trainer runs; the command says so in one line, exit 2."""
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_modules", "fit", "-c", QUICKSTART, "--trainer.logger=false", *QUICK],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "dcls-zoo fit: error: Cannot use `LearningRateMonitor` callback with `Trainer` that has no logger" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_checkpoint_named_from_inside_its_run_folder_is_found(tmp_path, monkeypatch):
+    checkpoints = tmp_path / "logs" / "quickstart" / "version_3" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    monkeypatch.chdir(checkpoints)
+    assert run_folder_of("last.ckpt") == checkpoints.parent
+    assert run_folder_of("last") is None and run_folder_of(tmp_path / "elsewhere.ckpt") is None

@@ -82,7 +82,7 @@ def test_resuming_from_last_checkpoint_continues_exactly(straight_run, tmp_path,
     assert main([*common, "--trainer.callbacks+=run_helpers.StopAfterEpoch"]) == 0
     stopped = torch.load(_run_dir(interrupted) / "checkpoints" / "last.ckpt", weights_only=True)
     assert stopped["epoch"] == 0
-    assert main([*common, "--ckpt_path=logs/quickstart/version_0/checkpoints/last.ckpt"]) == 0
+    assert main([*common, "--ckpt_path=last"]) == 0  # the newest run's last.ckpt
 
     # the resumed run continued in its own folder: one run, its metrics and pictures complete
     run = _run_dir(interrupted)
@@ -92,7 +92,7 @@ def test_resuming_from_last_checkpoint_continues_exactly(straight_run, tmp_path,
     want_summary = json.loads((_run_dir(straight) / "summary.json").read_text())
     got_summary = json.loads((run / "summary.json").read_text())
     assert got_summary["best_val/top1"] == want_summary["best_val/top1"]
-    assert got_summary["resumed_from"].endswith("last.ckpt")
+    assert Path(got_summary["resumed_from"]).resolve() == run / "checkpoints" / "last.ckpt"
     expected = torch.load(_run_dir(straight) / "checkpoints" / "last.ckpt", weights_only=True)
     resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     monitor_state = resumed["callbacks"]["PositionMonitor"]
@@ -127,6 +127,14 @@ def test_a_run_stopped_mid_epoch_is_exported_and_resumes_exactly_in_its_folder(s
     model = dcls_zoo.create_model(f"local-dir:{summary['export_dir']}", pretrained=True)
     last = torch.load(summary["last_checkpoint"], weights_only=True)["state_dict"]
     assert all(torch.equal(value, last[f"model.{key}"]) for key, value in model.state_dict().items())
+    # Lightning counts that epoch as ended: resuming starts epoch 1 and keeps epoch 0's rows, its
+    # epoch-end training row (logged after the checkpoint) included
+    epoch_rows = lambda: [r for r in csv.DictReader(open(_run_dir(capped) / "metrics.csv")) if r.get("train/loss_epoch")]  # noqa: E731
+    before = epoch_rows()
+    assert main([*common, "--ckpt_path=last"]) == 0
+    after = epoch_rows()
+    assert [r["epoch"] for r in after] == ["0", "1"]
+    assert {k: v for k, v in after[0].items() if v} == {k: v for k, v in before[0].items() if v}
 
     monkeypatch.chdir(short)  # interrupted after step 2, with a checkpoint written after every 2 steps
     every_two_steps = ["--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",

@@ -21,5 +21,5 @@ def run(args: argparse.Namespace) -> int:
     if not script.is_file() or args.name == "common":
         names = sorted(p.stem for p in BENCHMARKS_DIR.glob("*.py") if p.stem != "common")
         print(f"dcls-zoo benchmark: error: no benchmark {args.name!r}; available: {', '.join(names)}", file=sys.stderr)
-        return 1
+        return 2
     return subprocess.call([sys.executable, str(script), *args.args])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -107,6 +108,15 @@ def _version_text() -> str:
     return f"dcls-zoo {version('dcls-zoo')} ({stack})"
 
 
+def _print(text: str) -> None:
+    """Print to stdout; a reader that stops early (``dcls-zoo --help | head -1``) is no error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``dcls-zoo`` and ``python -m lightning_modules``; returns the exit status.
 
@@ -115,10 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     arguments_given = list(sys.argv[1:] if argv is None else argv)
     if not arguments_given or arguments_given[0] in ("-h", "--help"):
-        print(_help_text())
+        _print(_help_text())
         return 0 if arguments_given else 2
     if arguments_given[0] in ("-V", "--version"):
-        print(_version_text())
+        _print(_version_text())
         return 0
     name = arguments_given[0]
     command = COMMANDS.get(name)

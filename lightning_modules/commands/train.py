@@ -55,11 +55,32 @@ FILE_LOGGERS = ("CSVLogger", "TensorBoardLogger")
 
 
 def run_folder_of(ckpt_path: str | Path | None) -> Path | None:
-    """The run folder a checkpoint was written in (``<run>/checkpoints/<file>.ckpt`` -> ``<run>``), or None."""
+    """The run folder a checkpoint was written in (``<run>/checkpoints/<file>.ckpt`` -> ``<run>``,
+    absolute), or None."""
     if not ckpt_path or str(ckpt_path) in CKPT_PATH_NAMES or str(ckpt_path).startswith("registry"):
         return None
-    path = Path(ckpt_path)
+    path = Path(ckpt_path).resolve()
     return path.parent.parent if path.parent.name == "checkpoints" else None
+
+
+def _runs_newest_first(experiment: Path) -> list[Path]:
+    """``<experiment>/version_N`` folders, highest N first."""
+    runs = [run for run in experiment.glob("version_*") if run.name[len("version_"):].isdigit()]
+    return sorted(runs, key=lambda run: int(run.name[len("version_"):]), reverse=True)
+
+
+def _named_checkpoint(run: Path, name: str) -> Path | None:
+    """A run's ``last.ckpt``, or (``name="best"``) the best checkpoint its last one records."""
+    last = run / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return None
+    if name == "last":
+        return last
+    for key, state in load_checkpoint(last, mmap=True).get("callbacks", {}).items():
+        best = state.get("best_model_path") if key.startswith("ModelCheckpoint") and isinstance(state, dict) else None
+        if best and state.get("monitor") is not None and Path(best).is_file():
+            return Path(best)
+    return None
 
 
 def _file_loggers(trainer_config: Any) -> list[Any]:
@@ -100,11 +121,35 @@ class DclsCLI(LightningCLI):
         print(f"{command}: error: {message}\n({command} --help lists the options)", file=sys.stderr)
         raise SystemExit(2)
 
+    def _resolve_named_ckpt_path(self, subcommand: str) -> None:
+        """``--ckpt_path last|best``: the newest run of this config that has one (Lightning looks
+        only in the new run's own, empty, folder and starts from scratch)."""
+        config = self.config[subcommand]
+        name = config.get("ckpt_path")
+        if name not in ("last", "best"):
+            return
+        loggers = _file_loggers(config.trainer)
+        if not loggers:
+            self._fail(f"--ckpt_path {name}: the config has no CSV/TensorBoard logger to find its runs by; "
+                       "pass the checkpoint's path")
+        first = loggers[0].init_args
+        experiment = Path(first.get("save_dir") or ".") / (first.get("name") or "")
+        for run in _runs_newest_first(experiment):
+            path = _named_checkpoint(run, name)
+            if path is not None:
+                print(f"dcls-zoo {subcommand}: --ckpt_path {name} is {path}", file=sys.stderr)
+                config.ckpt_path = str(path)
+                return
+        self._fail(f"--ckpt_path {name}: no run under {experiment}/version_* has a {name} checkpoint; "
+                   "pass the checkpoint's path")
+
     def _parse_ckpt_path(self) -> None:
         # Lightning reads the checkpoint's hyper-parameters here with a bare torch.load, which
         # answers a truncated file with an IndexError: check it with the safe loader first, its
         # tensors mapped rather than read (the Trainer reads the file again to restore it).
         subcommand = self.config.get("subcommand")
+        if subcommand:
+            self._resolve_named_ckpt_path(subcommand)
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and str(ckpt_path) not in CKPT_PATH_NAMES and not str(ckpt_path).startswith("registry"):
             try:
@@ -167,14 +212,24 @@ class DclsCLI(LightningCLI):
                 "--model.cutmix_alpha 0)"
             )
 
-    def before_predict(self) -> None:
-        """Predictions need weights, and go to a file: refuse random weights, add the CSV writer."""
+    def _require_weights(self) -> None:
+        """Evaluating or predicting needs trained weights: refuse a randomly initialised model."""
         config = self.config[self.subcommand]
         if not config.get("ckpt_path") and not getattr(self.model.hparams, "pretrained", None):
             self._fail(
-                "predict needs weights: pass --ckpt_path <a .ckpt> (or --model.pretrained <tag | export dir | .ckpt>); "
-                "without them the model would predict with random weights"
+                f"{self.subcommand} needs weights: pass --ckpt_path <a .ckpt | last | best> (or --model.pretrained "
+                "<tag | export dir | .ckpt>); without them the model would be evaluated with random weights"
             )
+
+    def before_validate(self) -> None:
+        self._require_weights()
+
+    def before_test(self) -> None:
+        self._require_weights()
+
+    def before_predict(self) -> None:
+        """Predictions need weights, and go to a file: refuse random weights, add the CSV writer."""
+        self._require_weights()
         if not any(isinstance(callback, PredictionsCSV) for callback in self.trainer.callbacks):
             self.trainer.callbacks.append(PredictionsCSV())
 
@@ -242,6 +297,9 @@ def run(arguments: list[str] | None) -> int:
     except NonFiniteLossError as error:
         print(f"dcls-zoo {name}: stopped: {error}", file=sys.stderr)
         return 1
+    except MisconfigurationException as error:  # raised once the Trainer runs, e.g. a callback that needs a logger
+        print(f"dcls-zoo {name}: error: {error}\n(dcls-zoo {name} --help lists the options)", file=sys.stderr)
+        return 2
     finally:
         _close_process_group()
     return 0
