@@ -126,7 +126,7 @@ def _figure(rows: int, cols: int, panel_size: tuple[float, float]):
     figure = Figure(figsize=(width, height))
     FigureCanvasAgg(figure)
     figure.subplots_adjust(left=0.75 / width, right=1 - 0.2 / width, bottom=0.55 / height, top=1 - 0.45 / height,
-                           wspace=0.55 / panel_size[0] * cols / max(cols, 1), hspace=0.8 / panel_size[1])
+                           wspace=0.55 / panel_size[0], hspace=0.8 / panel_size[1])
     return figure, figure.subplots(rows, cols, squeeze=False)
 
 

@@ -63,10 +63,22 @@ def run_folder_of(ckpt_path: str | Path | None) -> Path | None:
     return path.parent.parent if path.parent.name == "checkpoints" else None
 
 
+def _version_of(run: Path) -> int | None:
+    """N of a ``version_N`` run folder (the loggers' numbering), else None."""
+    match = re.fullmatch(r"version_(\d+)", run.name)
+    return int(match.group(1)) if match else None
+
+
 def _runs_newest_first(experiment: Path) -> list[Path]:
     """``<experiment>/version_N`` folders, highest N first."""
-    runs = [run for run in experiment.glob("version_*") if run.name[len("version_"):].isdigit()]
-    return sorted(runs, key=lambda run: int(run.name[len("version_"):]), reverse=True)
+    runs = [run for run in experiment.glob("version_*") if _version_of(run) is not None]
+    return sorted(runs, key=_version_of, reverse=True)
+
+
+def _experiment_dir(loggers: list[Any]) -> Path:
+    """``<save_dir>/<name>`` of the first file logger: the folder that holds this config's runs."""
+    first = loggers[0].init_args
+    return Path(first.get("save_dir") or ".") / (first.get("name") or "")
 
 
 def _named_checkpoint(run: Path, name: str) -> Path | None:
@@ -132,8 +144,7 @@ class DclsCLI(LightningCLI):
         if not loggers:
             self._fail(f"--ckpt_path {name}: the config has no CSV/TensorBoard logger to find its runs by; "
                        "pass the checkpoint's path")
-        first = loggers[0].init_args
-        experiment = Path(first.get("save_dir") or ".") / (first.get("name") or "")
+        experiment = _experiment_dir(loggers)
         for run in _runs_newest_first(experiment):
             path = _named_checkpoint(run, name)
             if path is not None:
@@ -167,13 +178,11 @@ class DclsCLI(LightningCLI):
             return
         if self.subcommand == "fit":
             # Continue the run only if it is one of this config's runs (<save_dir>/<name>/version_N).
-            first = loggers[0].init_args
-            match = re.fullmatch(r"version_(\d+)", run.name)
-            same_experiment = Path(first.get("save_dir") or ".").resolve() / (first.get("name") or "") == run.parent.resolve()
-            if match and same_experiment:
+            version = _version_of(run)
+            if version is not None and _experiment_dir(loggers).resolve() == run.parent:
                 for entry in loggers:
                     if entry.init_args.get("version") is None:
-                        entry.init_args.version = int(match.group(1))
+                        entry.init_args.version = version
             return
         for entry in loggers:  # test / validate / predict: <run>/<command>/<checkpoint stem>/
             entry.init_args.save_dir = str(run / self.subcommand)
