@@ -486,3 +486,77 @@ def test_gradcheck_full_layer(window, kwargs, version, single_thread):
         return torch.func.functional_call(layer, dict(zip(names, values)), (inp,))
 
     assert torch.autograd.gradcheck(forward, (x.requires_grad_(True), *params), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# fp32 kernels: tails below fp32 resolution are exact zeros (no subnormals, a support to crop).
+# ---------------------------------------------------------------------------------------------
+
+FP32 = torch.finfo(torch.float32)
+
+
+def _subnormal_count(tensor: torch.Tensor) -> int:
+    return int(((tensor != 0) & (tensor.abs() < FP32.tiny)).sum())
+
+
+def _spread_fp32_layer(version: str, window: int = 23, channels: int = 16, count: int = 26) -> Dcls2d:
+    """A depthwise fp32 layer with positions all over the window and the narrowest widths the
+    paper's Gaussian starts from: the case whose tails reach furthest below fp32's range."""
+    layer = Dcls2d(channels, channels, count, window, padding=window // 2, groups=channels, version=version)
+    generator = torch.Generator().manual_seed(3)
+    low, high = bounds(window)
+    with torch.no_grad():
+        layer.P.copy_(torch.rand(layer.P.shape, generator=generator) * (high - low) + low)
+        if layer.SIG is not None:
+            layer.SIG.uniform_(0.0, 0.3, generator=generator)
+    return layer
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_fp32_kernels_and_gradients_hold_no_subnormal_floats(version):
+    layer = _spread_fp32_layer(version)
+    x = torch.randn(2, layer.in_channels, 30, 30, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    output = layer(x)
+    output.square().sum().backward()
+    tensors = {"kernel": layer.kernel().detach(), "output": output.detach(), "x.grad": x.grad}
+    tensors.update({f"footprints[{i}]": f.detach() for i, f in enumerate(layer.footprints().dense())})
+    tensors.update({f"{n}.grad": p.grad for n, p in layer.named_parameters()})
+    assert {name: _subnormal_count(t) for name, t in tensors.items()} == dict.fromkeys(tensors, 0)
+
+
+@pytest.mark.parametrize("version", ["gauss", "triangle"])
+def test_dropped_tails_are_below_fp32_resolution_of_the_paper_kernel(version):
+    layer = _spread_fp32_layer(version, window=15, channels=4, count=8)
+    expected = reference_kernel(layer.weight.double(), layer.P.double(), layer.SIG.double(), (15, 15), version)
+    actual = layer.kernel().double()
+    # What is dropped per element is under half an ulp of its own peak: at most count / 2 ulps
+    # of the kernel's largest entry in all, next to fp32's own rounding of the sums.
+    tolerance = layer.kernel_count * FP32.eps * expected.abs().amax().item()
+    assert (actual - expected).abs().max().item() <= tolerance
+    if version == "gauss":  # the untruncated tails are real: they were there to drop
+        assert int((expected == 0).sum()) == 0 and int((actual == 0).sum()) > 0
+
+
+def _reach(version: str, width: torch.Tensor) -> torch.Tensor:
+    """How far from its centre ``q`` an element's footprint can stay at or above ``2^-24`` of
+    its peak, which lies on the grid point nearest ``q`` (at most 1/2 away): for the Gaussian
+    ``(d^2 - 1/4) / (2 w^2) <= 24 ln 2``, for the triangle ``d < w``."""
+    if version == "gauss":
+        return (0.25 + 48 * math.log(2) * width.square()).sqrt()
+    return width
+
+
+@pytest.mark.parametrize("version", ["gauss", "triangle"])
+def test_fresh_profile_layers_convolve_only_the_taps_their_elements_reach(version):
+    window = 23
+    layer = Dcls2d(8, 8, 26, window, padding=window // 2, groups=8, version=version)  # as initialised
+    kernel, padding = layer._kernel_and_padding()
+    centres = layer.P.detach() + window // 2
+    reach = _reach(version, layer.SIG.detach().abs() + (0.27 if version == "gauss" else 1.0))
+    for axis in range(2):
+        first = max(0, math.floor((centres[axis] - reach[axis]).min().item()))
+        last = min(window - 1, math.ceil((centres[axis] + reach[axis]).max().item()))
+        assert kernel.shape[2 + axis] <= last - first + 1 < window
+    x = torch.randn(2, 8, 32, 32, generator=torch.Generator().manual_seed(5))
+    expected = F.conv2d(x, layer.kernel().detach(), layer.bias.detach(), 1, window // 2, 1, 8)
+    torch.testing.assert_close(layer(x).detach(), expected, rtol=1e-5, atol=1e-6)
