@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from DCLS.construct.modules import ConstructKernel2d  # noqa: E402
 
-from common import MIB, best_time_seconds, check_memory_tracker, peak_memory_bytes  # noqa: E402
+from common import MIB, best_time_seconds, check_memory_tracker, machine_description, peak_memory_bytes  # noqa: E402
 from dcls_zoo.construct import construct_kernel  # noqa: E402
 
 CHANNELS = (96, 192, 384, 768)  # ConvNeXt-T stage widths
@@ -247,6 +247,7 @@ def main() -> None:
         print(summary, file=sys.stderr)
         results.append(result)
     print(
+        f"Machine: {machine_description()}.\n\n"
         "Kernel construction, forward + backward, depthwise (C_in/groups = 1), CPU, "
         f"{setup}; official = dcls 0.1.1 ConstructKernel2d.\n"
     )

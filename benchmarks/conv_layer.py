@@ -38,7 +38,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import add_run_arguments, apply_run_arguments, best_time_seconds  # noqa: E402
+from common import add_run_arguments, apply_run_arguments, best_time_seconds, machine_description  # noqa: E402
 from dcls_zoo import Dcls2d, position_bounds  # noqa: E402
 
 STAGES = ((96, 56), (192, 28), (384, 14), (768, 7))
@@ -120,7 +120,8 @@ def main() -> None:
             })
             rows.append((interpolation, window, count, channels, size, times))
 
-    print(f"\nDepthwise DCLS layer forward + backward, batch {BATCH}, NCHW float32, {device.type}, "
+    print(f"\nMachine: {machine_description(device)}.\n")
+    print(f"Depthwise DCLS layer forward + backward, batch {BATCH}, NCHW float32, {device.type}, "
           f"torch {torch.__version__}, {args.threads} thread(s), best of {repeats}.\n")
     print("Positions spread over the window (as trained) unless marked fresh (as initialised).\n")
     print("| layer | C x H | ours ms | ours, fresh ms | official ms | nn.Conv2d dense ms | vs official | vs nn.Conv2d |")

@@ -36,7 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dcls_zoo  # noqa: E402
-from common import MIB, add_run_arguments, apply_run_arguments, peak_memory_bytes  # noqa: E402
+from common import MIB, add_run_arguments, apply_run_arguments, machine_description, peak_memory_bytes  # noqa: E402
 
 BASELINE = "convnext_tiny"
 TRAINED = ("convnext_dcls_tiny", "convnext_dcls_gauss_tiny")
@@ -136,7 +136,8 @@ def main() -> None:
         print("  peak memory ...", file=sys.stderr, flush=True)
         memory = {name: peak_memory_bytes(steps[name]) for name in (BASELINE, "convnext_dcls_tiny")}
 
-    print(f"\nWhole models, batch {BATCH}, {SIZE}x{SIZE}, NCHW float32, {device.type}, torch {torch.__version__}, "
+    print(f"\nMachine: {machine_description(device)}.\n")
+    print(f"Whole models, batch {BATCH}, {SIZE}x{SIZE}, NCHW float32, {device.type}, torch {torch.__version__}, "
           f"{args.threads} thread(s), best of {repeats} (interleaved).\n")
     print("| model | training s/step | training throughput vs convnext_tiny | inference s/batch | "
           "inference throughput vs convnext_tiny |")
