@@ -10,7 +10,9 @@ backend from :data:`BACKENDS`, the first in order whose ``supports(call)`` has n
 - ``"cpu_depthwise"``: depthwise convolutions on the CPU. oneDNN's forward is fast only in
   channels_last, and its weight gradient for large windows falls back to a slow im2col GEMM;
   this backend runs the forward and the input gradient in channels_last and computes the weight
-  gradient as one depthwise convolution with the batch folded into the channels (below).
+  gradient as one depthwise convolution with the batch folded into the channels (below). Each
+  pass has exact variants that are faster on some CPUs and shapes and slower on others; 2D
+  calls large enough to matter time them once per shape (:mod:`dcls_zoo.autotune`).
 - ``"native"``: ``F.conv1d/2d/3d`` (depthwise 2D inputs on CUDA in channels_last, which sends
   them to cuDNN instead of PyTorch's slow native NCHW depthwise kernels). Always applies.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +37,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from . import autotune
 
 __all__ = [
     "BACKENDS",
@@ -133,6 +138,95 @@ class _NativeBackend(_Backend):
         return _CONV_BY_DIMS[call.dims](input, kernel, bias, call.stride, padding, 1, groups)
 
 
+def _grown(kernel: Tensor, padding: tuple[int, ...], grow: int) -> tuple[Tensor, tuple[int, ...]]:
+    """``kernel`` with ``grow`` zero taps added on both sides of every axis, and the padding that
+    keeps every output reading the same input rows: the same convolution, exactly."""
+    if grow == 0:
+        return kernel, padding
+    return F.pad(kernel, [grow] * (2 * (kernel.dim() - 2))), tuple(p + grow for p in padding)
+
+
+def _channels_first_layout(dims: int) -> torch.memory_format:
+    """The layout oneDNN's direct depthwise kernels want: channels_last in 2D."""
+    return torch.channels_last if dims == 2 else torch.contiguous_format
+
+
+def _forward_pass(input: Tensor, kernel: Tensor, bias: Tensor | None, stride: tuple[int, ...],
+                  padding: tuple[int, ...], grow: int) -> Tensor:
+    dims = kernel.dim() - 2
+    kernel, padding = _grown(kernel, padding, grow)
+    fast = input.contiguous(memory_format=_channels_first_layout(dims))
+    return _CONV_BY_DIMS[dims](fast, kernel, bias, stride, padding, 1, input.shape[1])
+
+
+def _input_gradient_pass(input: Tensor, kernel: Tensor, grad_output: Tensor, stride: tuple[int, ...],
+                         padding: tuple[int, ...], grow: int) -> Tensor:
+    dims = kernel.dim() - 2
+    kernel, padding = _grown(kernel, padding, grow)
+    layout = _channels_first_layout(dims)
+    # The input gradient needs the input's shape and layout only, not its values: an
+    # uninitialised stand-in saves copying the activation into channels_last.
+    shape_of_input = torch.empty_like(input, memory_format=layout)
+    return torch.ops.aten.convolution_backward(
+        grad_output.contiguous(memory_format=layout), shape_of_input, kernel, None,
+        stride, padding, (1,) * dims, False, (0,) * dims, input.shape[1], (True, False, False),
+    )[0]
+
+
+def _weight_gradient_folded(input: Tensor, grad_output: Tensor, window: Sequence[int], stride: tuple[int, ...],
+                            padding: tuple[int, ...]) -> Tensor:
+    """``dW`` as one depthwise convolution over the batch folded into the channels (see
+    :class:`_DepthwiseCpuConv`)."""
+    batch, channels, dims = input.shape[0], input.shape[1], len(window)
+    # Padded explicitly (with a padding argument oneDNN picks a ~7x slower algorithm here), in
+    # one copy that also moves a channels_last input into the planes the folding needs.
+    padded = input.new_zeros(batch, channels, *(size + 2 * p for size, p in zip(input.shape[2:], padding)))
+    padded[(..., *(slice(p, p + size) for size, p in zip(input.shape[2:], padding)))].copy_(input)
+    folded_input = padded.reshape(1, batch * channels, *padded.shape[2:])
+    folded_grad = grad_output.contiguous().reshape(batch * channels, 1, *grad_output.shape[2:])
+    folded = _CONV_BY_DIMS[dims](folded_input, folded_grad, None, 1, 0, stride, batch * channels)
+    # with a stride, the dilated "kernel" can reach up to stride - 1 taps past the window
+    folded = folded[(..., *(slice(0, w) for w in window))]
+    return folded.reshape(batch, channels, *window).sum(0).unsqueeze(1)
+
+
+def _weight_gradient_onednn(input: Tensor, grad_output: Tensor, window: Sequence[int], stride: tuple[int, ...],
+                            padding: tuple[int, ...]) -> Tensor:
+    """``dW`` by oneDNN's own weight-gradient primitive (im2col: fast for small windows only)."""
+    dims, channels = len(window), input.shape[1]
+    layout = _channels_first_layout(dims)
+    shape_of_kernel = input.new_empty(channels, 1, *window)
+    return torch.ops.aten.convolution_backward(
+        grad_output.contiguous(memory_format=layout), input.contiguous(memory_format=layout), shape_of_kernel, None,
+        stride, padding, (1,) * dims, False, (0,) * dims, channels, (False, True, False),
+    )[1]
+
+
+_WEIGHT_GRADIENTS = {"folded": _weight_gradient_folded, "onednn": _weight_gradient_onednn}
+
+
+def _weight_gradient_pass(input: Tensor, grad_output: Tensor, window: Sequence[int], stride: tuple[int, ...],
+                          padding: tuple[int, ...], method: str, grow: int) -> Tensor:
+    """``dW`` by ``method`` over the window grown by ``grow`` taps per side, cut back to the window."""
+    grown_window = [w + 2 * grow for w in window]
+    gradient = _WEIGHT_GRADIENTS[method](input, grad_output, grown_window, stride, tuple(p + grow for p in padding))
+    return gradient[(..., *(slice(grow, grow + w) for w in window))]
+
+
+# Zero taps per side tried for each pass: oneDNN's depthwise time is not monotonic in the window.
+_GROWTHS = (0, 1, 2)
+
+
+def _variant(pass_name: str, input: Tensor, window: Sequence[int], stride: tuple[int, ...], padding: tuple[int, ...],
+             candidates: dict[str, Callable[[], object]], default: str) -> str:
+    """The fastest exact variant of one pass for this call's shape (:func:`dcls_zoo.autotune.choose`)."""
+    key = (pass_name, tuple(input.shape), input.dtype, tuple(input.stride()), tuple(window), stride, padding,
+           torch.get_num_threads())
+    spatial = [(size + 2 * p - w) // s + 1 for size, w, s, p in zip(input.shape[2:], window, stride, padding)]
+    macs = math.prod(input.shape[:2]) * math.prod(spatial) * math.prod(window)
+    return autotune.choose(key, candidates, default=default, macs=macs)
+
+
 class _DepthwiseCpuConv(torch.autograd.Function):
     """Depthwise convolution on the CPU with a batch-folded weight gradient.
 
@@ -141,14 +235,22 @@ class _DepthwiseCpuConv(torch.autograd.Function):
     is itself a depthwise convolution: the input seen as one image with ``N * C`` channels,
     convolved with the output gradient as its ``N * C`` kernels (dilated by the stride), then
     summed over ``n``; oneDNN runs that directly instead of through im2col.
+
+    Each pass also has exact variants whose speed depends on the CPU: the kernel grown by zero
+    taps (a larger window is sometimes a faster oneDNN kernel), and for the weight gradient
+    oneDNN's own primitive (faster for windows up to about 5x5). 2D calls large enough to matter
+    measure them once per shape (:mod:`dcls_zoo.autotune`); otherwise the passes above run.
     """
 
     @staticmethod
     def forward(ctx, input: Tensor, kernel: Tensor, bias: Tensor | None, stride: tuple[int, ...],
                 padding: tuple[int, ...]) -> Tensor:
-        dims = kernel.dim() - 2
-        fast = input.contiguous(memory_format=torch.channels_last) if dims == 2 else input
-        output = _CONV_BY_DIMS[dims](fast, kernel, bias, stride, padding, 1, input.shape[1])
+        grow = 0
+        if kernel.dim() == 4:
+            grow = int(_variant("forward", input, kernel.shape[2:], stride, padding, {
+                str(g): (lambda g=g: _forward_pass(input, kernel, None, stride, padding, g)) for g in _GROWTHS
+            }, default="0"))
+        output = _forward_pass(input, kernel, bias, stride, padding, grow)
         ctx.save_for_backward(input, kernel)
         ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
         return output
@@ -156,33 +258,32 @@ class _DepthwiseCpuConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         input, kernel = ctx.saved_tensors
-        channels, dims = input.shape[1], kernel.dim() - 2
         if torch.is_grad_enabled():
             return _DepthwiseCpuConv._differentiable_backward(ctx, input, kernel, grad_output)
+        stride, padding, window, planar = ctx.stride, ctx.padding, kernel.shape[2:], kernel.dim() == 4
         grad_input = grad_kernel = grad_bias = None
         if ctx.needs_input_grad[0]:
-            layout = torch.channels_last if dims == 2 else torch.contiguous_format
-            # The input gradient needs the input's shape and layout only, not its values: an
-            # uninitialised stand-in saves copying the activation into channels_last.
-            shape_of_input = torch.empty_like(input, memory_format=layout)
-            grad_input = torch.ops.aten.convolution_backward(
-                grad_output.contiguous(memory_format=layout), shape_of_input, kernel, None,
-                ctx.stride, ctx.padding, (1,) * dims, False, (0,) * dims, channels, (True, False, False),
-            )[0]
+            grow = 0
+            if planar:
+                grow = int(_variant("input_gradient", input, window, stride, padding, {
+                    str(g): (lambda g=g: _input_gradient_pass(input, kernel, grad_output, stride, padding, g))
+                    for g in _GROWTHS
+                }, default="0"))
+            grad_input = _input_gradient_pass(input, kernel, grad_output, stride, padding, grow)
         if ctx.needs_input_grad[1] and input.shape[0] == 0:
             grad_kernel = torch.zeros_like(kernel)  # an empty batch: no group to fold
         elif ctx.needs_input_grad[1]:
-            batch = input.shape[0]
-            folded_input = input.contiguous().reshape(1, batch * channels, *input.shape[2:])
-            if any(ctx.padding):
-                # padded explicitly: with a padding argument oneDNN picks a ~7x slower algorithm here
-                folded_input = F.pad(folded_input, [p for p in reversed(ctx.padding) for _ in range(2)])
-            folded_grad = grad_output.contiguous().reshape(batch * channels, 1, *grad_output.shape[2:])
-            window = kernel.shape[2:]
-            folded = _CONV_BY_DIMS[dims](folded_input, folded_grad, None, 1, 0, ctx.stride, batch * channels)
-            # with a stride, the dilated "kernel" can reach up to stride - 1 taps past the window
-            folded = folded[(..., *(slice(0, w) for w in window))]
-            grad_kernel = folded.reshape(batch, channels, *window).sum(0).unsqueeze(1)
+            method, grow = "folded", 0
+            if planar:  # the method first, then its growth: oneDNN's im2col is slow enough to time once
+                method = _variant("weight_gradient", input, window, stride, padding, {
+                    name: (lambda name=name: _weight_gradient_pass(input, grad_output, window, stride, padding, name, 0))
+                    for name in _WEIGHT_GRADIENTS
+                }, default="folded")
+                grow = int(_variant(f"weight_gradient {method}", input, window, stride, padding, {
+                    str(g): (lambda g=g: _weight_gradient_pass(input, grad_output, window, stride, padding, method, g))
+                    for g in _GROWTHS
+                }, default="0"))
+            grad_kernel = _weight_gradient_pass(input, grad_output, window, stride, padding, method, grow)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum(dim=[0, *range(2, grad_output.dim())])
         return grad_input, grad_kernel, grad_bias, None, None

@@ -1,0 +1,161 @@
+"""One-off measured choices between exact ways of running the same CPU convolution.
+
+oneDNN's depthwise kernels do not grow smoothly in cost with the window, and they rank the same
+paths differently on AVX2 and AVX-512 CPUs (measured: a 5x5 weight gradient through the
+batch-folded convolution is 1.6x slower than oneDNN's own on an AVX2 EPYC, a 7x7 one 1.8x
+faster; on an AVX-512 Xeon a 13x13 forward was slower than a 15x15 one). No fixed rule is
+right on both, so, as cuDNN's benchmark mode does, the first call of each shape times every
+candidate once or twice and the fastest is kept for the rest of the process.
+
+The candidates of one choice compute the same result up to floating-point rounding (their
+sums run in different orders), so a measured choice makes results depend on the machine's
+timing the way ``torch.backends.cudnn.benchmark`` does. Nothing is measured, and the default
+path runs, when:
+
+- ``torch.use_deterministic_algorithms(True)`` is on (Lightning's ``Trainer(deterministic=True)``);
+- the call is small (under :data:`MIN_MACS` multiply-adds), where a wrong choice costs less than
+  measuring would;
+- ``torch.compile``/``torch.export`` is tracing;
+- :func:`set_autotune` turned it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "MIN_MACS",
+    "Measurement",
+    "autotune_enabled",
+    "choose",
+    "clear",
+    "measurements",
+    "set_autotune",
+    "use_autotune",
+]
+
+# Below this many multiply-adds per call a convolution takes well under a millisecond on one
+# core, and measuring its candidates would cost more than any choice could save.
+MIN_MACS = 50_000_000
+
+# A candidate whose first run takes this many times the best one's is not run again.
+_ABANDON_RATIO = 2.0
+_REPEATS = 3
+# Another candidate replaces the default only when this much faster: timing noise on a shared
+# machine must not swap in a path that is no better.
+_MARGIN = 0.10
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The outcome of one measured choice: what was timed, in seconds (best run), and the winner."""
+
+    key: Hashable
+    seconds: Mapping[str, float]
+    chosen: str
+
+
+_lock = threading.Lock()
+_chosen: dict[Hashable, str] = {}
+_measurements: list[Measurement] = []
+_enabled = True
+_state = threading.local()
+
+
+def set_autotune(enabled: bool) -> None:
+    """Measure the CPU convolution paths on first use of each shape (``True``, the default), or
+    always run the default paths (``False``)."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def autotune_enabled() -> bool:
+    """Whether measured choices are on (context manager first, else :func:`set_autotune`)."""
+    stack = getattr(_state, "stack", None)
+    return stack[-1] if stack else _enabled
+
+
+@contextlib.contextmanager
+def use_autotune(enabled: bool) -> Iterator[None]:
+    """Within the block (this thread), measured choices are on or off."""
+    stack = _state.__dict__.setdefault("stack", [])
+    stack.append(bool(enabled))
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def measurements() -> list[Measurement]:
+    """Every choice measured in this process so far, oldest first."""
+    with _lock:
+        return list(_measurements)
+
+
+def clear() -> None:
+    """Forget every measured choice (they are measured again on next use)."""
+    with _lock:
+        _chosen.clear()
+        _measurements.clear()
+
+
+def _may_measure(macs: int) -> bool:
+    return (
+        autotune_enabled()
+        and macs >= MIN_MACS
+        and not torch.are_deterministic_algorithms_enabled()
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _time_candidates(candidates: Mapping[str, Callable[[], object]]) -> dict[str, float]:
+    """Best seconds of each candidate; the first run of each also builds oneDNN's primitive, so a
+    candidate is run again unless its first run was already far slower than the best."""
+    seconds: dict[str, float] = {}
+    for name, run in candidates.items():
+        runs = []
+        for _ in range(_REPEATS):
+            start = time.perf_counter()
+            run()
+            runs.append(time.perf_counter() - start)
+            if seconds and runs[-1] > _ABANDON_RATIO * min(seconds.values()):
+                break
+        seconds[name] = min(runs)
+    return seconds
+
+
+def choose(key: Hashable, candidates: Mapping[str, Callable[[], object]], default: str, macs: int) -> str:
+    """The name of the fastest candidate for ``key``, measured on the first call that may measure.
+
+    Args:
+        key: everything the timing depends on (shapes, strides, dtype, layout, thread count).
+        candidates: name -> a call running that path once on representative tensors; the calls
+            must not record autograd history (they run as given).
+        default: the candidate used when nothing may be measured (and the first one timed).
+        macs: multiply-adds of one call, compared with :data:`MIN_MACS`.
+
+    Returns:
+        A key of ``candidates``.
+    """
+    with _lock:
+        chosen = _chosen.get(key)
+    if chosen is not None:
+        return chosen
+    if not _may_measure(macs):
+        return default
+    ordered = {default: candidates[default], **{n: c for n, c in candidates.items() if n != default}}
+    with torch.no_grad():
+        seconds = _time_candidates(ordered)
+    chosen = min(seconds, key=seconds.__getitem__)
+    if seconds[default] <= seconds[chosen] * (1 + _MARGIN):
+        chosen = default
+    with _lock:
+        _chosen[key] = chosen
+        _measurements.append(Measurement(key, seconds, chosen))
+    return chosen
