@@ -32,6 +32,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+import dcls_zoo
+
 __all__ = [
     "MIB",
     "TensorMemoryTracker",
@@ -161,11 +163,16 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_threads: int) -> 
     parser.add_argument("--threads", type=int, default=default_threads)
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3; the best counts)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--default-paths", action="store_true",
+                        help="run the DCLS layers' default CPU convolution paths: no measured variant choices "
+                             "(dcls_zoo.autotune, on by default here as in configs/presets/cpu.yaml)")
 
 
 def apply_run_arguments(args: argparse.Namespace) -> tuple[torch.device, int]:
-    """Set the thread count and the seed; returns the device and the number of repeats."""
+    """Set the thread count, the seed and measured variant choices; returns the device and the
+    number of repeats."""
     torch.set_num_threads(args.threads)
+    dcls_zoo.set_autotune(not args.default_paths)
     torch.manual_seed(0)
     return torch.device(args.device), args.repeats or (1 if args.quick else 3)
 

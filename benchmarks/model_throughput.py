@@ -6,14 +6,21 @@ hits both alike. The DCLS models get their positions spread over the whole windo
 trained model (:func:`dcls_zoo.spread_model_positions_`); ``convnext_dcls_tiny (fresh)`` keeps the
 initial ``N(0, 0.5)`` positions, whose elements reach only the window's centre, so the CPU layers
 convolve about 7x7 taps instead of 17x17 early in training. The targets are read on the
-trained-like models. ``convnext_tiny without depthwise convs`` (every ``conv_dw`` an identity) times
-the rest of the network, which both models share, so that the depthwise part of each step can be
-read off: that part is where the models differ.
+trained-like models.
 
 * training: one AdamW step (forward, cross-entropy, backward, step, position clamping);
 * inference: eval forward under ``torch.no_grad``, DCLS both as trained (cached kernels) and
   after :func:`dcls_zoo.fuse`;
-* peak training memory: peak of live tensor bytes during one training step (see ``common.py``).
+* peak training memory: peak of live tensor bytes during one training step (see ``common.py``);
+* ``(default paths)``: the same DCLS model with :mod:`dcls_zoo.autotune` off, i.e. without the
+  per-shape measured choice of convolution variants, side by side;
+* layers alone: every depthwise layer timed alone (forward, and forward + backward) on the tensor
+  the model hands it. The models differ only there, so the baseline's time minus its own
+  depthwise layers is the rest of the network, which they share. A training step cannot cost
+  less than that rest plus three forward-sized convolutions per layer (the forward, the input
+  gradient and the weight gradient have the same multiply-adds), nor inference less than the
+  rest plus one: the floor line prints the ratios that would give, and the multiply-add rate
+  oneDNN's depthwise forward reaches on each stage of this CPU.
 
 Ratios are ConvNeXt-T time / model time (higher is better) and model memory / ConvNeXt-T memory.
 ``--profile`` adds the top operators of one training step of each model.
@@ -24,6 +31,7 @@ Ratios are ConvNeXt-T time / model time (higher is better) and model memory / Co
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -36,12 +44,21 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dcls_zoo  # noqa: E402
-from common import MIB, add_run_arguments, apply_run_arguments, machine_description, peak_memory_bytes  # noqa: E402
+from dcls_zoo import autotune, backends  # noqa: E402
+from common import (  # noqa: E402
+    MIB,
+    add_run_arguments,
+    apply_run_arguments,
+    best_time_seconds,
+    machine_description,
+    peak_memory_bytes,
+)
 
 BASELINE = "convnext_tiny"
 TRAINED = ("convnext_dcls_tiny", "convnext_dcls_gauss_tiny")
 FRESH = "convnext_dcls_tiny (fresh)"
-REST = "convnext_tiny without depthwise convs"
+DEFAULT_PATHS = {"convnext_dcls_tiny (default paths)": "convnext_dcls_tiny",
+                 "convnext_dcls_tiny (fresh, default paths)": FRESH}
 BATCH, SIZE = 8, 224
 TARGETS = {"convnext_dcls_tiny": 1.0, "convnext_dcls_gauss_tiny": 0.95, "fused convnext_dcls_tiny": 0.95}
 
@@ -69,6 +86,121 @@ def _inference(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
         _synchronize(images)
 
     return forward
+
+
+def _without_autotune(function: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        with autotune.use_autotune(False):
+            function()
+
+    return run
+
+
+def _depthwise_layers(model: nn.Module) -> list[nn.Module]:
+    return [block.conv_dw for stage in model.stages for block in stage.blocks]
+
+
+def _captured_inputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """The tensor the model hands each of its depthwise layers (one eval forward)."""
+    inputs: list[torch.Tensor] = []
+    handles = [layer.register_forward_pre_hook(lambda _, args: inputs.append(args[0]))
+               for layer in _depthwise_layers(model)]
+    model.eval()
+    with torch.no_grad():
+        model(images)
+    for handle in handles:
+        handle.remove()
+    return inputs
+
+
+def _layer_times(model: nn.Module, images: torch.Tensor, repeats: int) -> list[tuple[tuple, float, float]]:
+    """``(input shape, forward s, forward + backward s)`` of each depthwise layer run alone on the
+    tensor the model hands it: the forward without autograd (cached DCLS kernels, as inference
+    runs), the training pass in train mode with a random output gradient (DCLS kernels built)."""
+    times = []
+    for layer, x in zip(_depthwise_layers(model), _captured_inputs(model, images)):
+        x = x.detach().requires_grad_()
+        grad = torch.randn_like(layer(x))
+
+        def forward() -> None:
+            with torch.no_grad():
+                layer(x)
+            _synchronize(x)
+
+        def training() -> None:
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+            layer(x).backward(grad)
+            _synchronize(x)
+
+        layer.eval()
+        forward_seconds = best_time_seconds(forward, repeats)
+        layer.train()
+        times.append((tuple(x.shape), forward_seconds, best_time_seconds(training, repeats)))
+    return times
+
+
+def _depthwise_macs(model: nn.Module, shapes: list[tuple]) -> list[int]:
+    """Multiply-adds of each depthwise layer's forward as it is convolved (DCLS kernels cropped
+    to the taps their elements reach and to the taps that meet the map)."""
+    macs = []
+    for layer, shape in zip(_depthwise_layers(model), shapes):
+        if isinstance(layer, dcls_zoo.DclsConvNd):
+            kernel, padding = layer._kernel_and_padding()
+        else:
+            kernel, padding = layer.weight, tuple((p, p) for p in layer.padding)
+        kernel, _ = backends.crop_to_reach(kernel, shape[2:], layer.stride, padding)
+        macs.append(math.prod(shape) * math.prod(kernel.shape[2:]))
+    return macs
+
+
+def _layer_report(models: dict[str, nn.Module], images: torch.Tensor, repeats: int, train: dict[str, float],
+                  infer: dict[str, float]) -> list[str]:
+    """Where a step's time goes, layer by layer, and the convolution-bound floor of each DCLS model
+    (see the module docstring)."""
+    times = {name: _layer_times(models[name], images, repeats) for name in (BASELINE, *TRAINED, FRESH)}
+    macs = {name: _depthwise_macs(models[name], [shape for shape, _, _ in rows]) for name, rows in times.items()}
+    forward = {name: sum(row[1] for row in rows) for name, rows in times.items()}
+    training = {name: sum(row[2] for row in rows) for name, rows in times.items()}
+    # the rest of the network, which every model shares: the baseline without its depthwise layers
+    rest_train, rest_infer = train[BASELINE] - training[BASELINE], infer[BASELINE] - forward[BASELINE]
+    lines = [
+        f"Depthwise layers alone, summed over the {len(times[BASELINE])} blocks (forward / forward + backward, "
+        "and the multiply-adds of one forward against convnext_tiny's):",
+        "",
+    ]
+    for name in times:
+        lines.append(f"- {name}: {forward[name] * 1e3:.0f} / {training[name] * 1e3:.0f} ms, "
+                     f"{sum(macs[name]) / sum(macs[BASELINE]):.1f}x the multiply-adds")
+    lines += ["", f"The rest of the network (convnext_tiny's time minus its depthwise layers): training "
+              f"{rest_train:.2f} s, inference {rest_infer:.3f} s.", ""]
+    for name in TRAINED:
+        per_stage: dict[int, list[float]] = {}
+        for (shape, seconds, _), count in zip(times[name], macs[name]):
+            per_stage.setdefault(shape[1], []).append(count / seconds / 1e9)
+        rates = ", ".join(f"{sum(r) / len(r):.0f}" for r in per_stage.values())
+        floor_train = rest_train + 3 * forward[name]
+        text = (f"- {name}: oneDNN's depthwise forward runs at {rates} GMAC/s on stages 1-4. Floor (three "
+                f"forward-sized convolutions per layer): training {train[BASELINE] / floor_train:.2f}x "
+                f"({rest_train:.2f} + 3 x {forward[name]:.2f} s; measured {train[BASELINE] / train[name]:.2f}x)")
+        if name == "convnext_dcls_tiny":
+            floor_infer = rest_infer + forward[name]
+            text += (f", inference {infer[BASELINE] / floor_infer:.2f}x ({rest_infer:.3f} + {forward[name]:.3f} s; "
+                     f"fused measured {infer[BASELINE] / infer['fused convnext_dcls_tiny']:.2f}x)")
+        lines.append(text)
+    return lines
+
+
+def _choices_report() -> str:
+    """Which measured convolution variants (:mod:`dcls_zoo.autotune`) differ from the default paths."""
+    records = autotune.measurements()
+    changed = [r for r in records if r.chosen != next(iter(r.seconds))]
+    text = f"Measured variant choices: {len(records)} (pass, input shape, window), {len(changed)} off the default path"
+    for record in changed:
+        pass_name, shape, _, _, window = record.key[:5]
+        timings = ", ".join(f"{name} {seconds * 1e3:.1f} ms" for name, seconds in record.seconds.items())
+        text += f"\n- {pass_name} {tuple(shape)} window {tuple(window)}: {record.chosen} ({timings})"
+    return text
 
 
 def _synchronize(tensor: torch.Tensor) -> None:
@@ -113,13 +245,11 @@ def main() -> None:
     for name in TRAINED:
         dcls_zoo.spread_model_positions_(models[name])
     models[FRESH] = dcls_zoo.create_model("convnext_dcls_tiny").to(device)
-    models[REST] = timm.create_model(BASELINE).to(device)
-    for stage in models[REST].stages:
-        for block in stage.blocks:
-            block.conv_dw = nn.Identity()
 
     print("  training steps ...", file=sys.stderr, flush=True)
     steps = {name: _training_step(model, images, labels) for name, model in models.items()}
+    for name, source in DEFAULT_PATHS.items():  # same model, same optimizer, other paths
+        steps[name] = _without_autotune(steps[source])
     train = _interleaved_best(steps, repeats)
 
     print("  inference ...", file=sys.stderr, flush=True)
@@ -130,6 +260,9 @@ def main() -> None:
         "fused convnext_dcls_tiny": _inference(fused, images),
     }
     infer = _interleaved_best(forwards, repeats)
+
+    print("  depthwise layers alone ...", file=sys.stderr, flush=True)
+    layers = _layer_report(models, images, repeats, train, infer)
 
     memory = {}
     if not args.quick:
@@ -142,14 +275,12 @@ def main() -> None:
     print("| model | training s/step | training throughput vs convnext_tiny | inference s/batch | "
           "inference throughput vs convnext_tiny |")
     print("|---|---:|---:|---:|---:|")
-    for name in (BASELINE, *TRAINED, FRESH, REST, "fused convnext_dcls_tiny"):
+    for name in (BASELINE, *TRAINED, FRESH, *DEFAULT_PATHS, "fused convnext_dcls_tiny"):
         train_cells = (f"{train[name]:.2f} | {train[BASELINE] / train[name]:.2f}x" if name in train else "- | -")
         infer_cells = (f"{infer[name]:.3f} | {infer[BASELINE] / infer[name]:.2f}x" if name in infer else "- | -")
         print(f"| {name} | {train_cells} | {infer_cells} |")
-    depthwise = {name: train[name] - train[REST] for name in (BASELINE, *TRAINED, FRESH)}
-    print(f"\nDepthwise convolutions per training step (step minus the rest of the network, "
-          f"{train[REST]:.2f} s): " + ", ".join(
-              f"{name} {seconds:.2f} s ({seconds / depthwise[BASELINE]:.1f}x)" for name, seconds in depthwise.items()))
+    print("\n" + "\n".join(layers))
+    print("\n" + _choices_report())
     if memory:
         ratio = memory["convnext_dcls_tiny"] / memory[BASELINE]
         print(f"\nPeak training-step tensor memory: convnext_tiny {memory[BASELINE] / MIB:.0f} MiB, "

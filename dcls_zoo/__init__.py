@@ -20,6 +20,7 @@ from .construct import (
     kernel_from_footprints,
     position_bounds,
 )
+from .autotune import set_autotune, use_autotune
 from .backends import set_backend, use_backend
 from .weights.official import convert_official_checkpoint
 from .functional import dcls_conv, dcls_kernel
@@ -55,8 +56,10 @@ __all__ = [
     "position_owners",
     "position_parameters",
     "fuse",
+    "set_autotune",
     "set_backend",
     "to_conv",
+    "use_autotune",
     "use_backend",
     "HubUnreachableError",
     "PushError",

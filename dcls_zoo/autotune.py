@@ -9,14 +9,16 @@ candidate once or twice and the fastest is kept for the rest of the process.
 
 The candidates of one choice compute the same result up to floating-point rounding (their
 sums run in different orders), so a measured choice makes results depend on the machine's
-timing the way ``torch.backends.cudnn.benchmark`` does. Nothing is measured, and the default
-path runs, when:
+timing, exactly as ``torch.backends.cudnn.benchmark`` does; and like it, measuring is off unless
+asked for. By default it follows ``torch.backends.cudnn.benchmark``, the switch users already
+set for speed (Lightning's ``Trainer(benchmark=True)``, ``configs/presets/cpu.yaml``); a run
+that must resume bit for bit leaves it off. :func:`set_autotune` overrides it. Even when on,
+nothing is measured, and the default path runs, when:
 
 - ``torch.use_deterministic_algorithms(True)`` is on (Lightning's ``Trainer(deterministic=True)``);
 - the call is small (under :data:`MIN_MACS` multiply-adds), where a wrong choice costs less than
   measuring would;
-- ``torch.compile``/``torch.export`` is tracing;
-- :func:`set_autotune` turned it off.
+- ``torch.compile``/``torch.export`` is tracing.
 """
 
 from __future__ import annotations
@@ -64,21 +66,26 @@ class Measurement:
 _lock = threading.Lock()
 _chosen: dict[Hashable, str] = {}
 _measurements: list[Measurement] = []
-_enabled = True
+_enabled: bool | None = None
 _state = threading.local()
 
 
-def set_autotune(enabled: bool) -> None:
-    """Measure the CPU convolution paths on first use of each shape (``True``, the default), or
-    always run the default paths (``False``)."""
+def set_autotune(enabled: bool | None) -> None:
+    """Measure the CPU convolution variants on first use of each shape (``True``), always run the
+    default paths (``False``), or follow ``torch.backends.cudnn.benchmark`` (``None``, the default)."""
     global _enabled
-    _enabled = bool(enabled)
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"set_autotune expects True, False or None, got {enabled!r}")
+    _enabled = enabled
 
 
 def autotune_enabled() -> bool:
-    """Whether measured choices are on (context manager first, else :func:`set_autotune`)."""
+    """Whether measured choices are on: the innermost :func:`use_autotune`, else
+    :func:`set_autotune`, else ``torch.backends.cudnn.benchmark``."""
     stack = getattr(_state, "stack", None)
-    return stack[-1] if stack else _enabled
+    if stack:
+        return stack[-1]
+    return torch.backends.cudnn.benchmark if _enabled is None else _enabled
 
 
 @contextlib.contextmanager

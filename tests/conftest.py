@@ -12,12 +12,23 @@ from pathlib import Path
 # captured stream that is closed after it.
 import lightning.pytorch  # noqa: F401
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_hub import FakeHub  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def restore_benchmark_mode():
+    """Lightning's ``Trainer(benchmark=...)`` sets ``torch.backends.cudnn.benchmark`` for the whole
+    process, and the CPU layers' measured variant choices (``dcls_zoo.autotune``) follow it: one
+    test's trainer must not switch them on for the tests after it."""
+    benchmark = torch.backends.cudnn.benchmark
+    yield
+    torch.backends.cudnn.benchmark = benchmark
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -20,9 +21,17 @@ PASSES = ("forward", "input_gradient", "weight_gradient")
 
 @pytest.fixture(autouse=True)
 def fresh_choices():
+    """Nothing remembered from other tests."""
     autotune.clear()
     yield
     autotune.clear()
+
+
+@pytest.fixture
+def measuring():
+    """Measured choices on (they are off by default)."""
+    with autotune.use_autotune(True):
+        yield
 
 
 def _forcing(monkeypatch, wanted: dict[str, str]) -> list[str]:
@@ -99,7 +108,7 @@ def _candidates(calls: list[str], slow_seconds: float = 0.03):
     return {"slow": slow, "fast": fast}
 
 
-def test_the_fastest_candidate_is_chosen_once_per_key():
+def test_the_fastest_candidate_is_chosen_once_per_key(measuring):
     calls: list[str] = []
     assert autotune.choose("key", _candidates(calls), default="slow", macs=autotune.MIN_MACS) == "fast"
     measured = len(calls)
@@ -111,7 +120,7 @@ def test_the_fastest_candidate_is_chosen_once_per_key():
     assert record.seconds["slow"] >= 0.03 > record.seconds["fast"]
 
 
-def test_the_default_stays_unless_another_is_clearly_faster():
+def test_the_default_stays_unless_another_is_clearly_faster(measuring):
     calls: list[str] = []
     candidates = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}  # equally fast
     assert autotune.choose("tie", candidates, default="a", macs=autotune.MIN_MACS) == "a"
@@ -133,7 +142,7 @@ def test_nothing_is_measured_when_it_must_not_be(reason):
     assert calls == [] and autotune.measurements() == []
 
 
-def test_a_real_layer_measures_each_pass_once_and_keeps_its_results(monkeypatch):
+def test_a_real_layer_measures_each_pass_once_and_keeps_its_results(monkeypatch, measuring):
     monkeypatch.setattr(autotune, "MIN_MACS", 0)  # measure this small layer as if it were large
     torch.manual_seed(0)
     layer = Dcls2d(8, 8, 10, 11, padding=5, groups=8, version="bilinear")
@@ -148,3 +157,22 @@ def test_a_real_layer_measures_each_pass_once_and_keeps_its_results(monkeypatch)
     for a, b, want in zip(first, second, expected):
         torch.testing.assert_close(a, want, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_off_by_default_and_on_with_lightnings_benchmark_switch():
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        assert not autotune.autotune_enabled()
+        pl.Trainer(accelerator="cpu", benchmark=True, logger=False, enable_checkpointing=False)
+        assert torch.backends.cudnn.benchmark and autotune.autotune_enabled()
+        autotune.set_autotune(False)  # an explicit choice overrides the switch
+        assert not autotune.autotune_enabled()
+        with autotune.use_autotune(True):  # and a block overrides that
+            assert autotune.autotune_enabled()
+        with pytest.raises(TypeError, match="True, False or None"):
+            autotune.set_autotune("yes")
+    finally:
+        autotune.set_autotune(None)
+        torch.backends.cudnn.benchmark = benchmark
+
