@@ -81,8 +81,17 @@ def _triangle(distance: Tensor, width: Tensor) -> Tensor:
     return torch.relu(width - distance.abs())
 
 
+# Gaussian exponents below this give exactly zero. Far below what any footprint keeps (its peak,
+# on the grid point nearest its centre, is at least exp(-(1/2)^2 / (2 * 0.27^2)) ~ 0.18, and values
+# under eps / 2 of the peak are dropped): it only spares exp the underflow into subnormals, which
+# is 17x slower than the ordinary path on the CPU.
+_GAUSS_EXPONENT_FLOOR = -64.0
+
+
 def _gauss(distance: Tensor, width: Tensor) -> Tensor:
-    return torch.exp(-0.5 * (distance / width).square())
+    exponent = -0.5 * (distance / width).square()
+    kept = exponent >= _GAUSS_EXPONENT_FLOOR
+    return torch.where(kept, torch.exp(exponent.clamp(min=_GAUSS_EXPONENT_FLOOR)), 0.0)
 
 
 def _window_grid(sizes: Sequence[int], like: Tensor) -> tuple[Tensor, Tensor]:

@@ -560,3 +560,21 @@ def test_fresh_profile_layers_convolve_only_the_taps_their_elements_reach(versio
     x = torch.randn(2, 8, 32, 32, generator=torch.Generator().manual_seed(5))
     expected = F.conv2d(x, layer.kernel().detach(), layer.bias.detach(), 1, window // 2, 1, 8)
     torch.testing.assert_close(layer(x).detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_gaussian_element_far_outside_the_window_contributes_nothing():
+    # Only unclamped positions get there. Its tail in the window is far below the 1e-7 the
+    # normaliser adds (as in the official code), so it adds no mass: not a uniform smear.
+    layer = Dcls1d(1, 1, 2, 9, version="gauss", bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+        layer.P.copy_(torch.tensor([[[0.3, 40.0]]]))
+        layer.SIG.zero_()
+    kernel = layer.kernel().detach()
+    single = Dcls1d(1, 1, 1, 9, version="gauss", bias=False)
+    with torch.no_grad():
+        single.weight.fill_(1.0)
+        single.P.fill_(0.3)
+        single.SIG.zero_()
+    torch.testing.assert_close(kernel, single.kernel().detach(), rtol=0, atol=0)
+    assert kernel.sum().item() == pytest.approx(1.0, abs=1e-6)
