@@ -91,7 +91,8 @@ _GAUSS_EXPONENT_FLOOR = -64.0
 def _gauss(distance: Tensor, width: Tensor) -> Tensor:
     exponent = -0.5 * (distance / width).square()
     kept = exponent >= _GAUSS_EXPONENT_FLOOR
-    return torch.where(kept, torch.exp(exponent.clamp(min=_GAUSS_EXPONENT_FLOOR)), 0.0)
+    # masked twice with the one boolean tensor autograd saves (a clamp would save a float copy)
+    return torch.where(kept, torch.exp(torch.where(kept, exponent, 0.0)), 0.0)
 
 
 def _window_grid(sizes: Sequence[int], like: Tensor) -> tuple[Tensor, Tensor]:
