@@ -209,12 +209,16 @@ def _synchronize(tensor: torch.Tensor) -> None:
 
 
 def _interleaved_best(functions: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Best seconds per call of each function, calling them in turn ``repeats`` times."""
+    """Best seconds per call of each function, calling them in turn ``repeats`` times, every other
+    round in reverse order: what one step leaves behind (caches, freed pages) can slow the next,
+    so no function always runs after the same other one."""
     for function in functions.values():
         function()  # warm-up: allocator, oneDNN primitive caches, kernel caches
     best = {name: float("inf") for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
+    names = list(functions)
+    for round_index in range(repeats):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            function = functions[name]
             start = time.perf_counter()
             function()
             best[name] = min(best[name], time.perf_counter() - start)
