@@ -112,13 +112,13 @@ def clear() -> None:
         _measurements.clear()
 
 
+def _wanted() -> bool:
+    """Whether measured choices apply now at all (else every call takes its default path)."""
+    return autotune_enabled() and not torch.are_deterministic_algorithms_enabled()
+
+
 def _may_measure(macs: int) -> bool:
-    return (
-        autotune_enabled()
-        and macs >= MIN_MACS
-        and not torch.are_deterministic_algorithms_enabled()
-        and not torch.compiler.is_compiling()
-    )
+    return macs >= MIN_MACS and not torch.compiler.is_compiling()
 
 
 def _time_candidates(candidates: Mapping[str, Callable[[], object]]) -> dict[str, float]:
@@ -150,6 +150,8 @@ def choose(key: Hashable, candidates: Mapping[str, Callable[[], object]], defaul
     Returns:
         A key of ``candidates``.
     """
+    if not _wanted():
+        return default  # also where an earlier, measuring call of this shape chose another
     with _lock:
         chosen = _chosen.get(key)
     if chosen is not None:

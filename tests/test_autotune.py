@@ -115,6 +115,9 @@ def test_the_fastest_candidate_is_chosen_once_per_key(measuring):
     assert calls.count("slow") >= 1 and calls.count("fast") >= 1  # both were timed
     assert autotune.choose("key", _candidates(calls), default="slow", macs=autotune.MIN_MACS) == "fast"
     assert len(calls) == measured  # remembered: nothing ran again
+    with autotune.use_autotune(False):  # switched off, the default path runs again
+        assert autotune.choose("key", _candidates(calls), default="slow", macs=autotune.MIN_MACS) == "slow"
+    assert len(calls) == measured
     (record,) = autotune.measurements()
     assert record.key == "key" and record.chosen == "fast"
     assert record.seconds["slow"] >= 0.03 > record.seconds["fast"]
