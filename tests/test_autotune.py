@@ -125,8 +125,9 @@ def test_the_fastest_candidate_is_chosen_once_per_key(measuring):
 
 def test_the_default_stays_unless_another_is_clearly_faster(measuring):
     calls: list[str] = []
-    candidates = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}  # equally fast
+    candidates = {"a": lambda: time.sleep(0.005), "b": lambda: time.sleep(0.005)}  # equally fast
     assert autotune.choose("tie", candidates, default="a", macs=autotune.MIN_MACS) == "a"
+    assert autotune.choose("tie, other default", candidates, default="b", macs=autotune.MIN_MACS) == "b"
     assert autotune.choose("tie", _candidates(calls), default="fast", macs=autotune.MIN_MACS) == "a"  # remembered
 
 
