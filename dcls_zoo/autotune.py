@@ -5,7 +5,7 @@ paths differently on AVX2 and AVX-512 CPUs (measured: a 5x5 weight gradient thro
 batch-folded convolution is 1.6x slower than oneDNN's own on an AVX2 EPYC, a 7x7 one 1.8x
 faster; on an AVX-512 Xeon a 13x13 forward was slower than a 15x15 one). No fixed rule is
 right on both, so, as cuDNN's benchmark mode does, the first call of each shape times every
-candidate once or twice and the fastest is kept for the rest of the process.
+candidate (in up to three alternating rounds) and the fastest is kept for the rest of the process.
 
 The candidates of one choice compute the same result up to floating-point rounding (their
 sums run in different orders), so a measured choice makes results depend on the machine's

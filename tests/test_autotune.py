@@ -158,8 +158,8 @@ def test_a_real_layer_measures_each_pass_once_and_keeps_its_results(monkeypatch,
     assert sorted(p.split()[0] for p in passes) == sorted(PASSES + ("weight_gradient",))
     second = _run(layer, x, "cpu_depthwise")
     assert [m.key[0] for m in autotune.measurements()] == passes  # nothing measured again
-    for a, b, want in zip(first, second, expected):
-        torch.testing.assert_close(a, want, rtol=1e-5, atol=1e-6)
+    for a, b, want in zip(first, second, expected):  # whichever variants won: the same numbers
+        torch.testing.assert_close(a, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
         torch.testing.assert_close(b, a, rtol=0, atol=0)
 
 
