@@ -146,7 +146,7 @@ def _grown(kernel: Tensor, padding: tuple[int, ...], grow: int) -> tuple[Tensor,
     return F.pad(kernel, [grow] * (2 * (kernel.dim() - 2))), tuple(p + grow for p in padding)
 
 
-def _channels_first_layout(dims: int) -> torch.memory_format:
+def _fast_layout(dims: int) -> torch.memory_format:
     """The layout oneDNN's direct depthwise kernels want: channels_last in 2D."""
     return torch.channels_last if dims == 2 else torch.contiguous_format
 
@@ -155,7 +155,7 @@ def _forward_pass(input: Tensor, kernel: Tensor, bias: Tensor | None, stride: tu
                   padding: tuple[int, ...], grow: int) -> Tensor:
     dims = kernel.dim() - 2
     kernel, padding = _grown(kernel, padding, grow)
-    fast = input.contiguous(memory_format=_channels_first_layout(dims))
+    fast = input.contiguous(memory_format=_fast_layout(dims))
     return _CONV_BY_DIMS[dims](fast, kernel, bias, stride, padding, 1, input.shape[1])
 
 
@@ -163,7 +163,7 @@ def _input_gradient_pass(input: Tensor, kernel: Tensor, grad_output: Tensor, str
                          padding: tuple[int, ...], grow: int) -> Tensor:
     dims = kernel.dim() - 2
     kernel, padding = _grown(kernel, padding, grow)
-    layout = _channels_first_layout(dims)
+    layout = _fast_layout(dims)
     # The input gradient needs the input's shape and layout only, not its values: an
     # uninitialised stand-in saves copying the activation into channels_last.
     shape_of_input = torch.empty_like(input, memory_format=layout)
@@ -178,11 +178,14 @@ def _weight_gradient_folded(input: Tensor, grad_output: Tensor, window: Sequence
     """``dW`` as one depthwise convolution over the batch folded into the channels (see
     :class:`_DepthwiseCpuConv`)."""
     batch, channels, dims = input.shape[0], input.shape[1], len(window)
-    # Padded explicitly (with a padding argument oneDNN picks a ~7x slower algorithm here), in
-    # one copy that also moves a channels_last input into the planes the folding needs.
-    padded = input.new_zeros(batch, channels, *(size + 2 * p for size, p in zip(input.shape[2:], padding)))
-    padded[(..., *(slice(p, p + size) for size, p in zip(input.shape[2:], padding)))].copy_(input)
-    folded_input = padded.reshape(1, batch * channels, *padded.shape[2:])
+    if any(padding):
+        # Padded explicitly (with a padding argument oneDNN picks a ~7x slower algorithm here), in
+        # one copy that also moves a channels_last input into the planes the folding needs.
+        planes = input.new_zeros(batch, channels, *(size + 2 * p for size, p in zip(input.shape[2:], padding)))
+        planes[(..., *(slice(p, p + size) for size, p in zip(input.shape[2:], padding)))].copy_(input)
+    else:
+        planes = input.contiguous()
+    folded_input = planes.reshape(1, batch * channels, *planes.shape[2:])
     folded_grad = grad_output.contiguous().reshape(batch * channels, 1, *grad_output.shape[2:])
     folded = _CONV_BY_DIMS[dims](folded_input, folded_grad, None, 1, 0, stride, batch * channels)
     # with a stride, the dilated "kernel" can reach up to stride - 1 taps past the window
@@ -194,7 +197,7 @@ def _weight_gradient_onednn(input: Tensor, grad_output: Tensor, window: Sequence
                             padding: tuple[int, ...]) -> Tensor:
     """``dW`` by oneDNN's own weight-gradient primitive (im2col: fast for small windows only)."""
     dims, channels = len(window), input.shape[1]
-    layout = _channels_first_layout(dims)
+    layout = _fast_layout(dims)
     shape_of_kernel = input.new_empty(channels, 1, *window)
     return torch.ops.aten.convolution_backward(
         grad_output.contiguous(memory_format=layout), input.contiguous(memory_format=layout), shape_of_kernel, None,
@@ -238,7 +241,7 @@ class _DepthwiseCpuConv(torch.autograd.Function):
 
     Each pass also has exact variants whose speed depends on the CPU: the kernel grown by zero
     taps (a larger window is sometimes a faster oneDNN kernel), and for the weight gradient
-    oneDNN's own primitive (faster for windows up to about 5x5). 2D calls large enough to matter
+    oneDNN's own primitive (several times faster for 3x3 windows). 2D calls large enough to matter
     measure them once per shape (:mod:`dcls_zoo.autotune`); otherwise the passes above run.
     """
 
