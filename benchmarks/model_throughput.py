@@ -117,7 +117,7 @@ def _layer_times(model: nn.Module, images: torch.Tensor, repeats: int) -> list[t
     """``(input shape, forward s, forward + backward s)`` of each depthwise layer run alone on the
     tensor the model hands it: the forward without autograd (cached DCLS kernels, as inference
     runs), the training pass in train mode with a random output gradient (DCLS kernels built)."""
-    times = []
+    times, was_training = [], model.training
     for layer, x in zip(_depthwise_layers(model), _captured_inputs(model, images)):
         x = x.detach().requires_grad_()
         grad = torch.randn_like(layer(x))
@@ -137,6 +137,7 @@ def _layer_times(model: nn.Module, images: torch.Tensor, repeats: int) -> list[t
         forward_seconds = best_time_seconds(forward, repeats)
         layer.train()
         times.append((tuple(x.shape), forward_seconds, best_time_seconds(training, repeats)))
+    model.train(was_training)  # the memory measurement runs training steps after this
     return times
 
 

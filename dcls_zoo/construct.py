@@ -387,12 +387,13 @@ def _drop_below_resolution(footprint: Tensor) -> Tensor:
 
     Such a value changes the element's contribution nowhere it matters: the contribution's
     largest entry is the product of the axes' peaks, and no fp32 sum that includes it can
-    register a term under half its ulp. Dropping them has two effects that are not arithmetic
-    but cost most of a Gaussian layer's time on the CPU: a Gaussian tail never reaches zero by
-    itself, so without this its footprint covers the whole window (the support crop of
-    :func:`dcls_zoo.backends.crop_to_support` cannot apply), and its far tail holds subnormal
-    floats (``exp(-88)`` and below in fp32), which every multiply they meet runs tens of times
-    slower on x86. The threshold follows the dtype, so fp64 references are kept to 1e-16.
+    register a term under half its ulp. Dropping them removes two costs that are not
+    arithmetic: a Gaussian tail never reaches zero by itself, so without this its footprint
+    covers the whole window and the support crop of :func:`dcls_zoo.backends.crop_to_support`
+    cannot apply (a fresh 23x23 Gaussian layer now convolves about 9x9 taps); and its far tail
+    holds subnormal floats (``exp(-88)`` and below in fp32), which the Intel cores measured
+    multiply tens of times slower than normal ones. The threshold follows the dtype, so fp64
+    references are kept to 1e-16.
 
     Args:
         footprint: ``(..., window)`` non-negative profile values along one axis.
