@@ -72,13 +72,18 @@ _enabled: bool | None = None
 _state = threading.local()
 
 
+def _checked(enabled: object, name: str, allow_none: bool) -> bool | None:
+    if isinstance(enabled, bool) or (allow_none and enabled is None):
+        return enabled
+    expected = "True, False or None" if allow_none else "True or False"
+    raise TypeError(f"{name} expects {expected}, got {enabled!r}")
+
+
 def set_autotune(enabled: bool | None) -> None:
     """Measure the CPU convolution variants on first use of each shape (``True``), always run the
     default paths (``False``), or follow ``torch.backends.cudnn.benchmark`` (``None``, the default)."""
     global _enabled
-    if enabled is not None and not isinstance(enabled, bool):
-        raise TypeError(f"set_autotune expects True, False or None, got {enabled!r}")
-    _enabled = enabled
+    _enabled = _checked(enabled, "set_autotune", allow_none=True)
 
 
 def autotune_enabled() -> bool:
@@ -93,8 +98,9 @@ def autotune_enabled() -> bool:
 @contextlib.contextmanager
 def use_autotune(enabled: bool) -> Iterator[None]:
     """Within the block (this thread), measured choices are on or off."""
+    enabled = _checked(enabled, "use_autotune", allow_none=False)
     stack = _state.__dict__.setdefault("stack", [])
-    stack.append(bool(enabled))
+    stack.append(enabled)
     try:
         yield
     finally:
@@ -151,7 +157,7 @@ def choose(key: Hashable, candidates: Mapping[str, Callable[[], object]], defaul
     Returns:
         A key of ``candidates``.
     """
-    if not _wanted():
+    if not _wanted() or len(candidates) == 1:
         return default  # also where an earlier, measuring call of this shape chose another
     with _lock:
         chosen = _chosen.get(key)

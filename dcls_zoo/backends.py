@@ -206,6 +206,10 @@ def _weight_gradient_onednn(input: Tensor, grad_output: Tensor, window: Sequence
 
 
 _WEIGHT_GRADIENTS = {"folded": _weight_gradient_folded, "onednn": _weight_gradient_onednn}
+# oneDNN's im2col weight gradient grows with the window's area: it wins at 3x3, already loses at
+# 9x9 (32 against 25 ms on 96 channels of 56x56, AVX2) and takes 0.6-12 s at 17x17, where the
+# folded one takes 0.06 s. Beyond this many taps per axis it is not worth even one timed run.
+_ONEDNN_WEIGHT_GRADIENT_MAX_TAPS = 7
 
 
 def _weight_gradient_pass(input: Tensor, grad_output: Tensor, window: Sequence[int], stride: tuple[int, ...],
@@ -277,10 +281,12 @@ class _DepthwiseCpuConv(torch.autograd.Function):
             grad_kernel = torch.zeros_like(kernel)  # an empty batch: no group to fold
         elif ctx.needs_input_grad[1]:
             method, grow = "folded", 0
-            if planar:  # the method first, then its growth: oneDNN's im2col is slow enough to time once
+            if planar:  # the method first, then its growth
+                methods = [name for name in _WEIGHT_GRADIENTS
+                           if name != "onednn" or max(window) <= _ONEDNN_WEIGHT_GRADIENT_MAX_TAPS]
                 method = _variant("weight_gradient", input, window, stride, padding, {
                     name: (lambda name=name: _weight_gradient_pass(input, grad_output, window, stride, padding, name, 0))
-                    for name in _WEIGHT_GRADIENTS
+                    for name in methods
                 }, default="folded")
                 grow = int(_variant(f"weight_gradient {method}", input, window, stride, padding, {
                     str(g): (lambda g=g: _weight_gradient_pass(input, grad_output, window, stride, padding, method, g))

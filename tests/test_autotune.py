@@ -64,7 +64,7 @@ VARIANTS = [
     {"weight_gradient folded": "1"},
 ]
 GEOMETRIES = [  # window, spatial, stride, padding, padding mode
-    (9, 12, 1, "same", "zeros"),
+    (7, 12, 1, "same", "zeros"),
     ((7, 4), 10, 1, "same", "zeros"),  # even window: asymmetric padding, padded explicitly
     (5, 11, 2, 2, "zeros"),
     (5, 9, 1, 2, "reflect"),
@@ -83,6 +83,24 @@ def test_every_variant_is_the_plain_convolution(monkeypatch, wanted, window, spa
     assert {pass_name.split()[0] for pass_name in asked} == set(PASSES)
     for got, want in zip(actual, expected):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_onednn_weight_gradient_is_not_timed_for_large_windows(monkeypatch):
+    offered = {}
+
+    def choose(key, candidates, default, macs):
+        offered[key[0]] = list(candidates)
+        return default
+
+    monkeypatch.setattr(autotune, "choose", choose)
+    for window in (7, 9):
+        layer = Dcls2d(4, 4, 2, window, padding=window // 2, groups=4, version="bilinear")
+        with torch.no_grad():  # an element in two opposite corners: the whole window is convolved
+            layer.P[..., 0] = -(window // 2)
+            layer.P[..., 1] = window // 2
+        _run(layer, torch.randn(2, 4, 12, 12), "cpu_depthwise")
+        assert offered["forward"] and layer._kernel_and_padding()[0].shape[2:] == (window, window)
+        assert ("onednn" in offered["weight_gradient"]) == (window <= 7), window
 
 
 def test_forced_variants_pass_gradcheck(monkeypatch):
@@ -176,6 +194,9 @@ def test_off_by_default_and_on_with_lightnings_benchmark_switch():
             assert autotune.autotune_enabled()
         with pytest.raises(TypeError, match="True, False or None"):
             autotune.set_autotune("yes")
+        with pytest.raises(TypeError, match="use_autotune expects True or False, got 'no'"):
+            with autotune.use_autotune("no"):
+                pass
     finally:
         autotune.set_autotune(None)
         torch.backends.cudnn.benchmark = benchmark
