@@ -27,10 +27,12 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
 import torch
+
+from .settings import ScopedSetting
 
 __all__ = [
     "MIN_MACS",
@@ -68,8 +70,8 @@ class Measurement:
 _lock = threading.Lock()
 _chosen: dict[Hashable, str] = {}
 _measurements: list[Measurement] = []
-_enabled: bool | None = None
-_state = threading.local()
+# set_autotune's value (None: follow torch.backends.cudnn.benchmark), or a use_autotune block's
+_setting: ScopedSetting[bool | None] = ScopedSetting(None)
 
 
 def _checked(enabled: object, name: str, allow_none: bool) -> bool | None:
@@ -82,29 +84,19 @@ def _checked(enabled: object, name: str, allow_none: bool) -> bool | None:
 def set_autotune(enabled: bool | None) -> None:
     """Measure the CPU convolution variants on first use of each shape (``True``), always run the
     default paths (``False``), or follow ``torch.backends.cudnn.benchmark`` (``None``, the default)."""
-    global _enabled
-    _enabled = _checked(enabled, "set_autotune", allow_none=True)
+    _setting.value = _checked(enabled, "set_autotune", allow_none=True)
 
 
 def autotune_enabled() -> bool:
     """Whether measured choices are on: the innermost :func:`use_autotune`, else
     :func:`set_autotune`, else ``torch.backends.cudnn.benchmark``."""
-    stack = getattr(_state, "stack", None)
-    if stack:
-        return stack[-1]
-    return torch.backends.cudnn.benchmark if _enabled is None else _enabled
+    enabled = _setting.current()
+    return torch.backends.cudnn.benchmark if enabled is None else enabled
 
 
-@contextlib.contextmanager
-def use_autotune(enabled: bool) -> Iterator[None]:
+def use_autotune(enabled: bool) -> contextlib.AbstractContextManager:
     """Within the block (this thread), measured choices are on or off."""
-    enabled = _checked(enabled, "use_autotune", allow_none=False)
-    stack = _state.__dict__.setdefault("stack", [])
-    stack.append(enabled)
-    try:
-        yield
-    finally:
-        stack.pop()
+    return _setting.override(_checked(enabled, "use_autotune", allow_none=False))
 
 
 def measurements() -> list[Measurement]:

@@ -30,8 +30,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import autotune
+from .settings import ScopedSetting
 
 __all__ = [
     "BACKENDS",
@@ -373,8 +373,8 @@ BACKENDS: dict[str, _Backend] = {
     backend.name: backend for backend in (_ImplicitGemmBackend(), _CpuDepthwiseBackend(), _NativeBackend())
 }
 
-_state = threading.local()
-_global_backend = "auto"
+# the backend for layers left on "auto": set_backend's value, or a use_backend block's
+_backend_setting: ScopedSetting[str] = ScopedSetting("auto")
 
 
 def _check_name(name: str) -> str:
@@ -385,26 +385,17 @@ def _check_name(name: str) -> str:
 
 def set_backend(name: str) -> None:
     """Use backend ``name`` (or ``"auto"``) for every DCLS layer whose own ``backend`` is ``"auto"``."""
-    global _global_backend
-    _global_backend = _check_name(name)
+    _backend_setting.value = _check_name(name)
 
 
 def get_backend() -> str:
     """The backend in force for layers left on ``"auto"`` (context manager, else global)."""
-    stack = getattr(_state, "stack", None)
-    return stack[-1] if stack else _global_backend
+    return _backend_setting.current()
 
 
-@contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
+def use_backend(name: str) -> contextlib.AbstractContextManager:
     """Within the block, layers left on ``"auto"`` use backend ``name`` (thread-local)."""
-    _check_name(name)
-    stack = _state.__dict__.setdefault("stack", [])
-    stack.append(name)
-    try:
-        yield
-    finally:
-        stack.pop()
+    return _backend_setting.override(_check_name(name))
 
 
 def select_backend(call: ConvCall, requested: str = "auto") -> _Backend:
