@@ -37,6 +37,7 @@ from .settings import ScopedSetting
 __all__ = [
     "MIN_MACS",
     "Measurement",
+    "active",
     "autotune_enabled",
     "choose",
     "clear",
@@ -112,8 +113,10 @@ def clear() -> None:
         _measurements.clear()
 
 
-def _wanted() -> bool:
-    """Whether measured choices apply now at all (else every call takes its default path)."""
+def active() -> bool:
+    """Whether measured choices apply now at all (else every call takes its default path):
+    :func:`autotune_enabled` and no deterministic algorithms. Callers may skip building their
+    candidates when it is ``False``."""
     return autotune_enabled() and not torch.are_deterministic_algorithms_enabled()
 
 
@@ -149,7 +152,7 @@ def choose(key: Hashable, candidates: Mapping[str, Callable[[], object]], defaul
     Returns:
         A key of ``candidates``.
     """
-    if not _wanted() or len(candidates) == 1:
+    if not active() or len(candidates) == 1:
         return default  # also where an earlier, measuring call of this shape chose another
     with _lock:
         chosen = _chosen.get(key)

@@ -225,13 +225,24 @@ _GROWTHS = (0, 1, 2)
 
 
 def _variant(pass_name: str, input: Tensor, window: Sequence[int], stride: tuple[int, ...], padding: tuple[int, ...],
-             candidates: dict[str, Callable[[], object]], default: str) -> str:
-    """The fastest exact variant of one pass for this call's shape (:func:`dcls_zoo.autotune.choose`)."""
+             run: Callable[[str], object], names: Sequence[str]) -> str:
+    """The fastest of the exact variants ``names`` of one pass (``run(name)`` runs one) for this
+    call's shape, by :func:`dcls_zoo.autotune.choose`; the first name is the default path."""
+    if not autotune.active():  # the usual case: the hot path builds no candidates
+        return names[0]
     key = (pass_name, tuple(input.shape), input.dtype, tuple(input.stride()), tuple(window), stride, padding,
            torch.get_num_threads())
     spatial = [(size + 2 * p - w) // s + 1 for size, w, s, p in zip(input.shape[2:], window, stride, padding)]
     macs = math.prod(input.shape[:2]) * math.prod(spatial) * math.prod(window)
-    return autotune.choose(key, candidates, default=default, macs=macs)
+    candidates = {name: (lambda name=name: run(name)) for name in names}
+    return autotune.choose(key, candidates, default=names[0], macs=macs)
+
+
+def _growth(pass_name: str, input: Tensor, window: Sequence[int], stride: tuple[int, ...], padding: tuple[int, ...],
+            run: Callable[[int], object]) -> int:
+    """How many zero taps per side (of :data:`_GROWTHS`) make ``run(grow)``, one pass, fastest."""
+    names = [str(grow) for grow in _GROWTHS]
+    return int(_variant(pass_name, input, window, stride, padding, lambda name: run(int(name)), names))
 
 
 class _DepthwiseCpuConv(torch.autograd.Function):
@@ -254,9 +265,8 @@ class _DepthwiseCpuConv(torch.autograd.Function):
                 padding: tuple[int, ...]) -> Tensor:
         grow = 0
         if kernel.dim() == 4:
-            grow = int(_variant("forward", input, kernel.shape[2:], stride, padding, {
-                str(g): (lambda g=g: _forward_pass(input, kernel, None, stride, padding, g)) for g in _GROWTHS
-            }, default="0"))
+            grow = _growth("forward", input, kernel.shape[2:], stride, padding,
+                           lambda g: _forward_pass(input, kernel, None, stride, padding, g))
         output = _forward_pass(input, kernel, bias, stride, padding, grow)
         ctx.save_for_backward(input, kernel)
         ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
@@ -272,10 +282,8 @@ class _DepthwiseCpuConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grow = 0
             if planar:
-                grow = int(_variant("input_gradient", input, window, stride, padding, {
-                    str(g): (lambda g=g: _input_gradient_pass(input, kernel, grad_output, stride, padding, g))
-                    for g in _GROWTHS
-                }, default="0"))
+                grow = _growth("input_gradient", input, window, stride, padding,
+                               lambda g: _input_gradient_pass(input, kernel, grad_output, stride, padding, g))
             grad_input = _input_gradient_pass(input, kernel, grad_output, stride, padding, grow)
         if ctx.needs_input_grad[1] and input.shape[0] == 0:
             grad_kernel = torch.zeros_like(kernel)  # an empty batch: no group to fold
@@ -284,14 +292,11 @@ class _DepthwiseCpuConv(torch.autograd.Function):
             if planar:  # the method first, then its growth
                 methods = [name for name in _WEIGHT_GRADIENTS
                            if name != "onednn" or max(window) <= _ONEDNN_WEIGHT_GRADIENT_MAX_TAPS]
-                method = _variant("weight_gradient", input, window, stride, padding, {
-                    name: (lambda name=name: _weight_gradient_pass(input, grad_output, window, stride, padding, name, 0))
-                    for name in methods
-                }, default="folded")
-                grow = int(_variant(f"weight_gradient {method}", input, window, stride, padding, {
-                    str(g): (lambda g=g: _weight_gradient_pass(input, grad_output, window, stride, padding, method, g))
-                    for g in _GROWTHS
-                }, default="0"))
+                method = _variant("weight_gradient", input, window, stride, padding,
+                                  lambda name: _weight_gradient_pass(input, grad_output, window, stride, padding, name, 0),
+                                  methods)
+                grow = _growth(f"weight_gradient {method}", input, window, stride, padding,
+                               lambda g: _weight_gradient_pass(input, grad_output, window, stride, padding, method, g))
             grad_kernel = _weight_gradient_pass(input, grad_output, window, stride, padding, method, grow)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum(dim=[0, *range(2, grad_output.dim())])

@@ -35,7 +35,8 @@ def measuring():
 
 
 def _forcing(monkeypatch, wanted: dict[str, str]) -> list[str]:
-    """Make every choice whose pass is in ``wanted`` return that variant; returns the passes asked."""
+    """Make every choice whose pass is in ``wanted`` return that variant; returns the passes asked
+    (with measuring on: off, the backend asks nothing and takes the default paths)."""
     asked = []
 
     def choose(key, candidates, default, macs):
@@ -73,7 +74,7 @@ GEOMETRIES = [  # window, spatial, stride, padding, padding mode
 
 @pytest.mark.parametrize("wanted", VARIANTS, ids=lambda w: ",".join(f"{k}={v}" for k, v in w.items()))
 @pytest.mark.parametrize("window,spatial,stride,padding,mode", GEOMETRIES)
-def test_every_variant_is_the_plain_convolution(monkeypatch, wanted, window, spatial, stride, padding, mode):
+def test_every_variant_is_the_plain_convolution(monkeypatch, measuring, wanted, window, spatial, stride, padding, mode):
     torch.manual_seed(0)
     layer = Dcls2d(4, 4, 5, window, stride=stride, padding=padding, groups=4, padding_mode=mode, version="gauss")
     x = torch.randn(3, 4, spatial, spatial).contiguous(memory_format=torch.channels_last)
@@ -85,7 +86,14 @@ def test_every_variant_is_the_plain_convolution(monkeypatch, wanted, window, spa
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_onednn_weight_gradient_is_not_timed_for_large_windows(monkeypatch):
+def test_with_measuring_off_the_backend_asks_for_no_choice(monkeypatch):
+    asked = _forcing(monkeypatch, {})
+    layer = Dcls2d(4, 4, 5, 7, padding=3, groups=4)
+    _run(layer, torch.randn(2, 4, 12, 12), "cpu_depthwise")
+    assert asked == []
+
+
+def test_onednn_weight_gradient_is_not_timed_for_large_windows(monkeypatch, measuring):
     offered = {}
 
     def choose(key, candidates, default, macs):
@@ -103,7 +111,7 @@ def test_onednn_weight_gradient_is_not_timed_for_large_windows(monkeypatch):
         assert ("onednn" in offered["weight_gradient"]) == (window <= 7), window
 
 
-def test_forced_variants_pass_gradcheck(monkeypatch):
+def test_forced_variants_pass_gradcheck(monkeypatch, measuring):
     _forcing(monkeypatch, {"forward": "1", "input_gradient": "2", "weight_gradient": "onednn",
                            "weight_gradient onednn": "1"})
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
