@@ -195,7 +195,7 @@ def _layer_report(models: dict[str, nn.Module], images: torch.Tensor, repeats: i
 def _choices_report() -> str:
     """Which measured convolution variants (:mod:`dcls_zoo.autotune`) differ from the default paths."""
     records = autotune.measurements()
-    changed = [r for r in records if r.chosen != next(iter(r.seconds))]
+    changed = [r for r in records if r.chosen != r.default]
     text = f"Measured variant choices: {len(records)} (pass, input shape, window), {len(changed)} off the default path"
     for record in changed:
         pass_name, shape, _, _, window = record.key[:5]

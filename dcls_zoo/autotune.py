@@ -61,10 +61,12 @@ _MARGIN = 0.20
 
 @dataclass(frozen=True)
 class Measurement:
-    """The outcome of one measured choice: what was timed, in seconds (best run), and the winner."""
+    """The outcome of one measured choice: what was timed, in seconds (best run), the default
+    path and the winner."""
 
     key: Hashable
     seconds: Mapping[str, float]
+    default: str
     chosen: str
 
 
@@ -168,5 +170,5 @@ def choose(key: Hashable, candidates: Mapping[str, Callable[[], object]], defaul
         chosen = default
     with _lock:
         _chosen[key] = chosen
-        _measurements.append(Measurement(key, seconds, chosen))
+        _measurements.append(Measurement(key, seconds, default, chosen))
     return chosen

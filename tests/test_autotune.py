@@ -145,7 +145,7 @@ def test_the_fastest_candidate_is_chosen_once_per_key(measuring):
         assert autotune.choose("key", _candidates(calls), default="slow", macs=autotune.MIN_MACS) == "slow"
     assert len(calls) == measured
     (record,) = autotune.measurements()
-    assert record.key == "key" and record.chosen == "fast"
+    assert record.key == "key" and record.default == "slow" and record.chosen == "fast"
     assert record.seconds["slow"] >= 0.03 > record.seconds["fast"]
 
 
