@@ -163,10 +163,10 @@ class ResumableDataLoader(DataLoader):
     The state is the epoch, its shuffle seed and how many batches of it were taken. Lightning takes
     the batches of a sized loader one at a time (no prefetch), so that is what training consumed.
     Resuming from a checkpoint written mid-epoch (see below) continues that epoch with exactly the
-    samples it had not given yet, in the same order and batches, and the epoch keeps its length (so the learning-rate schedule is the same). Not
-    replayed: the random draws of the rest of that epoch (augmentations, mixup, drop-path) start
-    afresh, so those batches hold the uninterrupted run's samples, not its augmentations. From the
-    next epoch on, :class:`~lightning_modules.callbacks.EpochSeed` makes the run bit-identical again.
+    samples it had not given yet, in the same order and batches, and the epoch keeps its length
+    (so the learning-rate schedule is the same). Not replayed: the random draws of the rest of
+    that epoch (augmentations, mixup, drop-path) start afresh, so those batches hold the
+    uninterrupted run's samples, not its augmentations. From the next epoch on, :class:`~lightning_modules.callbacks.EpochSeed` makes the run bit-identical again.
 
     What a checkpoint written mid-epoch is: one saved after a training batch (``ModelCheckpoint``'s
     ``every_n_train_steps`` or ``train_time_interval``). A run stopped by ``--trainer.max_steps``
