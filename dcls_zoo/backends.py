@@ -292,11 +292,13 @@ class _DepthwiseCpuConv(torch.autograd.Function):
             if planar:  # the method first, then its growth
                 methods = [name for name in _WEIGHT_GRADIENTS
                            if name != "onednn" or max(window) <= _ONEDNN_WEIGHT_GRADIENT_MAX_TAPS]
+                def weight_gradient(method: str, grow: int) -> Tensor:
+                    return _weight_gradient_pass(input, grad_output, window, stride, padding, method, grow)
+
                 method = _variant("weight_gradient", input, window, stride, padding,
-                                  lambda name: _weight_gradient_pass(input, grad_output, window, stride, padding, name, 0),
-                                  methods)
+                                  lambda name: weight_gradient(name, 0), methods)
                 grow = _growth(f"weight_gradient {method}", input, window, stride, padding,
-                               lambda g: _weight_gradient_pass(input, grad_output, window, stride, padding, method, g))
+                               lambda g: weight_gradient(method, g))
             grad_kernel = _weight_gradient_pass(input, grad_output, window, stride, padding, method, grow)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_output.sum(dim=[0, *range(2, grad_output.dim())])

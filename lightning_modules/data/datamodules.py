@@ -166,7 +166,8 @@ class ResumableDataLoader(DataLoader):
     samples it had not given yet, in the same order and batches, and the epoch keeps its length
     (so the learning-rate schedule is the same). Not replayed: the random draws of the rest of
     that epoch (augmentations, mixup, drop-path) start afresh, so those batches hold the
-    uninterrupted run's samples, not its augmentations. From the next epoch on, :class:`~lightning_modules.callbacks.EpochSeed` makes the run bit-identical again.
+    uninterrupted run's samples, not its augmentations. From the next epoch on,
+    :class:`~lightning_modules.callbacks.EpochSeed` makes the run bit-identical again.
 
     What a checkpoint written mid-epoch is: one saved after a training batch (``ModelCheckpoint``'s
     ``every_n_train_steps`` or ``train_time_interval``). A run stopped by ``--trainer.max_steps``
