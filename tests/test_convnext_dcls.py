@@ -78,6 +78,44 @@ def test_small_stem_keeps_resolution_for_small_images(name):
     assert model(torch.randn(2, 3, 28, 28)).shape == (2, 10)
 
 
+def test_quickstart_geometry_windows_sized_to_their_maps_at_equal_parameters_per_stage():
+    """A 3x3 stride-2 stem: 32 px images -> 16/8/4/2 px maps, each stage's window min(17, 2m - 1):
+    from any pixel a tap reaches the whole map and no further."""
+    windows = (17, 15, 7, 3)
+    model = create_model("convnext_dcls_atto", num_classes=10, in_chans=1, stem="small", stem_stride=2,
+                         dcls_kernel_size=windows)
+    baseline = create_model("convnext_k7_atto", num_classes=10, in_chans=1, stem="small", stem_stride=2)
+    features = model.forward_intermediates(torch.randn(2, 1, 32, 32), intermediates_only=True)
+    maps = [f.shape[-1] for f in features]
+    assert maps == [16, 8, 4, 2] and model.feature_info[0]["reduction"] == 2
+    assert [min(17, 2 * m - 1) for m in maps] == list(windows)
+    for index, (stage, base_stage) in enumerate(zip(model.stages, baseline.stages)):
+        layers = [block.conv_dw for block in stage.blocks]
+        assert {layer.dilated_kernel_size for layer in layers} == {(windows[index],) * 2}
+        ours = _params(stage.dcls_shared) + sum(_params(layer) for layer in layers)
+        theirs = sum(_params(block.conv_dw) for block in base_stage.blocks)
+        # equal parameters per stage: the largest count whose weights + shared positions fit in the 7x7 weights
+        count = layers[0].kernel_count
+        per_element = sum(layer.weight[..., 0].numel() for layer in layers) + 2 * layers[0].weight[..., 0].numel()
+        assert ours <= theirs < ours + per_element + len(layers) * layers[0].out_channels  # (+ biases)
+        assert count == (49 * len(layers)) // (len(layers) + 2)
+    assert abs(_params(model) - _params(baseline)) < 0.001 * _params(baseline)
+
+
+def test_uniform_position_init_covers_each_window():
+    torch.manual_seed(0)
+    model = create_model("convnext_dcls_atto", stem="small", stem_stride=2, dcls_kernel_size=(17, 15, 7, 3),
+                         dcls_position_init="uniform")
+    for stage, window in zip(model.stages, (17, 15, 7, 3)):
+        positions = stage.dcls_shared.conv_dw.P.detach()
+        half = window // 2
+        assert positions.abs().max() <= half
+        assert positions.std().item() == pytest.approx(2 * half / 12**0.5, rel=0.05)  # uniform on [-half, half]
+        assert (positions.abs() > 0.75 * half).float().mean().item() == pytest.approx(0.25, abs=0.03)
+    normal = create_model("convnext_dcls_atto").stages[0].dcls_shared.conv_dw.P.detach()
+    assert normal.std().item() == pytest.approx(0.5, rel=0.1)  # the paper's N(0, 0.5)
+
+
 def test_positions_are_stored_once_per_stage_and_survive_safetensors(tmp_path):
     torch.manual_seed(0)
     model = create_model("convnext_dcls_gauss_tiny", num_classes=5).eval()
@@ -176,3 +214,9 @@ def test_bad_model_arguments():
         create_model("convnext_dcls_atto", stem="tiny")
     with pytest.raises(ValueError, match="dw_dilation is for plain-conv baselines"):
         create_model("convnext_dcls_atto", dw_dilation=2)
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2 and needs stem='small'"):
+        create_model("convnext_dcls_atto", stem_stride=2)
+    with pytest.raises(ValueError, match=r"dcls_kernel_size must be an int or one int per stage \(4\)"):
+        create_model("convnext_dcls_atto", dcls_kernel_size=(17, 9))
+    with pytest.raises(ValueError, match="dcls_position_init must be 'normal' or 'uniform'"):
+        create_model("convnext_dcls_atto", dcls_position_init="spread")

@@ -21,6 +21,7 @@ Registered on ``import dcls_zoo``:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from timm.models.convnext import ConvNeXt
 from torch import nn
 
 from ..layers import DclsConvNd
+from ..positions import spread_model_positions_
 from ..weights.build import build_model_with_weights
 from ..weights.official import official_checkpoint_filter
 from ..weights.table import PRETRAINED_WEIGHTS
@@ -53,53 +55,91 @@ class ConvNeXtDcls(ConvNeXt):
     """timm's ConvNeXt with DCLS depthwise convolutions (or a plain-conv ablation baseline).
 
     Args:
-        dcls_kernel_size: DCLS window; ``None`` keeps plain depthwise convolutions.
-        dcls_kernel_count: elements per kernel; ``None`` picks the equal-parameter count.
+        dcls_kernel_size: DCLS window: one size for every stage, or one per stage (e.g.
+            ``(17, 15, 7, 3)`` for 16/8/4/2 px maps: a window no wider than a tap can reach inside
+            its map); ``None`` keeps plain depthwise convolutions.
+        dcls_kernel_count: elements per kernel; ``None`` picks the equal-parameter count (with
+            per-stage windows, one count per stage, each keeping that stage's parameters).
         dcls_version: ``"bilinear"``, ``"triangle"`` or ``"gauss"``.
         dcls_share: ``"stage"`` (positions shared per stage, as the paper) or ``"layer"``.
+        dcls_position_init: ``"normal"`` (the paper's ``N(0, 0.5)``: elements start near the
+            window's centre and spread over hundreds of epochs) or ``"uniform"`` (over the whole
+            window, as the official multi-dimensional layers start; for short schedules).
         dw_dilation: dilation of the plain depthwise convs (ablation baseline; needs
             ``dcls_kernel_size=None``).
-        stem: ``"patch"`` (timm's 4x4 stride-4 patchify) or ``"small"`` (3x3 stride-1 conv,
-            for 28-64 px images).
+        stem: ``"patch"`` (timm's 4x4 stride-4 patchify) or ``"small"`` (a 3x3 conv of stride
+            ``stem_stride``, for 28-64 px images; stage 0 keeps the stem's resolution).
+        stem_stride: stride of the small stem: 1 (32 px -> 32/16/8/4 px maps) or 2 (16/8/4/2).
         **kwargs: timm ``ConvNeXt`` arguments (``depths``, ``dims``, ``kernel_sizes``,
             ``num_classes``, ``drop_path_rate``, ``conv_mlp``, ...).
     """
 
     def __init__(
         self,
-        dcls_kernel_size: int | None = 17,
+        dcls_kernel_size: int | Sequence[int] | None = 17,
         dcls_kernel_count: int | None = 34,
         dcls_version: str = "bilinear",
         dcls_share: str = "stage",
+        dcls_position_init: str = "normal",
         dw_dilation: int = 1,
         stem: str = "patch",
+        stem_stride: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if stem not in ("patch", "small"):
             raise ValueError(f"stem must be 'patch' or 'small', got {stem!r}")
+        if stem_stride not in (1, 2) or (stem_stride != 1 and stem != "small"):
+            raise ValueError(f"stem_stride must be 1 or 2 and needs stem='small', got stem_stride={stem_stride!r}, stem={stem!r}")
+        if dcls_position_init not in ("normal", "uniform"):
+            raise ValueError(f"dcls_position_init must be 'normal' or 'uniform', got {dcls_position_init!r}")
         if dw_dilation != 1 and dcls_kernel_size is not None:
             raise ValueError("dw_dilation is for plain-conv baselines: set dcls_kernel_size=None")
         if stem == "small":
-            self._use_small_stem()
+            self._use_small_stem(stem_stride)
         if dw_dilation != 1:
             self._dilate_depthwise(dw_dilation)
         self.dclsify_report: DclsifyReport | None = None
         if dcls_kernel_size is not None:
-            self.dclsify_report = dclsify(
-                self, dcls_kernel_size, dcls_kernel_count, version=dcls_version, share=dcls_share
-            )
+            self.dclsify_report = self._dclsify_stages(dcls_kernel_size, dcls_kernel_count, dcls_version, dcls_share)
             self._init_dcls_weights()
+            if dcls_position_init == "uniform":
+                spread_model_positions_(self)
 
-    def _use_small_stem(self) -> None:
-        """3x3 stride-1 stem: a 28 px image keeps 28/14/7/3 px maps through the four stages."""
+    def _dclsify_stages(
+        self, window: int | Sequence[int], count: int | None, version: str, share: str
+    ) -> DclsifyReport:
+        """DCLS depthwise convs with one window for the model, or one per stage (one report)."""
+        if isinstance(window, int):
+            return dclsify(self, window, count, version=version, share=share)
+        windows = tuple(window)
+        if len(windows) != len(self.stages) or not all(isinstance(w, int) for w in windows):
+            raise ValueError(
+                f"dcls_kernel_size must be an int or one int per stage ({len(self.stages)}), got {window!r}"
+            )
+        report = DclsifyReport()
+        for index, stage_window in enumerate(windows):
+            prefix = f"stages.{index}."
+            part = dclsify(
+                self, stage_window, count, version=version, share=share,
+                include=lambda path, conv, prefix=prefix: path.startswith(prefix),
+            )
+            report.converted += part.converted
+            report.params_before += part.params_before
+            report.params_after += part.params_after
+        report.kernel_count = max(c.kernel_count for c in report.converted)
+        return report
+
+    def _use_small_stem(self, stride: int) -> None:
+        """3x3 stem of ``stride`` (1: a 28 px image keeps 28/14/7/3 px maps; 2: 14/7/3/1)."""
         patch_conv, norm = self.stem[0], self.stem[1]
         self.stem = nn.Sequential(
-            nn.Conv2d(patch_conv.in_channels, patch_conv.out_channels, 3, padding=1, bias=patch_conv.bias is not None),
+            nn.Conv2d(patch_conv.in_channels, patch_conv.out_channels, 3, stride=stride, padding=1,
+                      bias=patch_conv.bias is not None),
             norm,
         )
         for info in self.feature_info:
-            info["reduction"] //= 4
+            info["reduction"] = info["reduction"] * stride // 4
 
     def _dilate_depthwise(self, dilation: int) -> None:
         for stage in self.stages:
