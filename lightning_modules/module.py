@@ -235,10 +235,20 @@ class ImageClassifier(pl.LightningModule):
         return loss
 
     @property
+    def repulsive_loss_start(self) -> int | None:
+        """Completed epochs after which the repulsive term joins the loss (``None``: never).
+
+        The term is on once ``current_epoch`` (0-based) exceeds ``repulsive_loss_after_epoch``,
+        i.e. from the epoch that begins after ``repulsive_loss_after_epoch + 1`` completed ones.
+        """
+        hp = self.hparams
+        return hp.repulsive_loss_after_epoch + 1 if hp.repulsive_loss_weight > 0 else None
+
+    @property
     def repulsive_loss_active(self) -> bool:
         """Whether this epoch's loss includes the repulsive term."""
-        hp = self.hparams
-        return hp.repulsive_loss_weight > 0 and self.current_epoch > hp.repulsive_loss_after_epoch
+        start = self.repulsive_loss_start
+        return start is not None and self.current_epoch >= start
 
     def _check_finite(self, loss: Tensor, batch_idx: int, images: Tensor, targets: Tensor) -> None:
         if torch.isfinite(loss).item():

@@ -7,10 +7,19 @@ stage; the callbacks of :mod:`lightning_modules.method` and :class:`PositionMoni
 are shared) at the start of training and after every N-th epoch, and draws:
 
 - ``positions_hist.png``: per group and axis, the histogram of the positions, one line per
-  snapshot (coloured from the first to the latest epoch), rewritten at every snapshot;
+  snapshot (coloured by epoch, with a colour bar);
+- ``positions_spread.png``: per group, how far the positions have spread: their standard
+  deviation in pixels, and the same divided by the standard deviation of positions spread
+  uniformly over the window (1 = as spread as a uniform cover of the window); logged as
+  ``positions/spread/<group>`` (the ratio);
 - ``positions_speed.png``: per group, the mean distance the positions moved per epoch; the same
   values are logged as ``positions/speed/<group>`` (CSV, TensorBoard, ... through ``pl_module.log``);
-- ``kernels_epoch{N}.png``: per group, the mean absolute dense kernel over channels and blocks.
+- ``kernels.png``: per group (columns) and snapshot (rows), the mean absolute dense kernel over
+  channels and blocks, on one colour scale per group across the epochs, so rows compare.
+
+Every picture is rewritten at each snapshot with the whole record so far. The spread and speed
+curves mark the epoch where the repulsive position loss joins the loss (read from the
+LightningModule's ``repulsive_loss_start``, when it has one).
 
 With a TensorBoard logger the histograms and figures also go to TensorBoard. The plotting
 functions take plain arrays, so they draw from saved values too.
@@ -45,7 +54,9 @@ __all__ = [
     "PositionMonitor",
     "plot_position_histograms",
     "plot_speeds",
+    "plot_spreads",
     "plot_kernels",
+    "position_spread",
     "mean_abs_kernel",
     "histogram_edges",
     "render",
@@ -158,13 +169,17 @@ def plot_position_histograms(histograms: Mapping[str, Sequence[Histogram]], axis
     At most ``max_lines`` snapshots are drawn per panel, evenly spread, the first and latest always.
     """
     from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     cols = max(len(labels) for labels in axis_labels.values())
     figure, axes = _figure(len(histograms), cols, (4.0, 2.2))
+    figure.subplots_adjust(right=0.86)  # room for the epoch colour bar
     colours = colormaps["viridis"]
+    last_epoch = max([max(snapshots[-1][0], 1) for snapshots in histograms.values()] or [1])
+    epoch_scale = Normalize(0, last_epoch)  # one scale for every panel: a colour is an epoch everywhere
     for row, (name, snapshots) in enumerate(histograms.items()):
         chosen = sorted(set(np.linspace(0, len(snapshots) - 1, min(len(snapshots), max_lines)).round().astype(int)))
-        last_epoch = max(snapshots[-1][0], 1)
         for col in range(cols):
             ax = axes[row][col]
             if col >= len(axis_labels[name]):
@@ -172,47 +187,137 @@ def plot_position_histograms(histograms: Mapping[str, Sequence[Histogram]], axis
                 continue
             for index in chosen:
                 epochs, counts, edges = snapshots[index]
-                ax.stairs(counts[col], edges[col], color=colours(epochs / last_epoch), label=f"epoch {epochs}")
+                ax.stairs(counts[col], edges[col], color=colours(epoch_scale(epochs)))
             ax.set_title(f"{name}: {axis_labels[name][col]}", fontsize=9)
     for ax in axes[-1]:
-        ax.set_xlabel("position")
+        ax.set_xlabel("position (px from the window centre)", fontsize=9)
     for ax in axes[:, 0]:
         ax.set_ylabel("elements")
-    axes[0][0].legend(fontsize=7)
+    from matplotlib.ticker import MaxNLocator
+
+    bar = figure.colorbar(ScalarMappable(epoch_scale, colours), ax=axes.ravel().tolist(), fraction=0.04, pad=0.03)
+    bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    bar.set_label("completed epochs")
     return figure
 
 
-def plot_speeds(speeds: Mapping[str, Sequence[tuple[int, float]]]):
-    """One line per group: mean |change of the positions| per epoch, against completed epochs."""
-    figure, axes = _figure(1, 1, (6.0, 4.0))
-    ax = axes[0][0]
-    for name, points in speeds.items():
-        ax.plot([epochs for epochs, _ in points], [speed for _, speed in points], marker="o", label=name)
+def _mark_epoch(ax: Any, epoch: int | None, label: str) -> None:
+    """A dashed vertical line at ``epoch`` (completed epochs), labelled in the legend."""
+    if epoch is not None:
+        ax.axvline(epoch, color="0.4", linestyle="--", linewidth=1.0, label=label)
+
+
+def _epoch_axis(ax: Any) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("completed epochs")
-    ax.set_ylabel("mean |ΔP| per epoch")
+
+
+_REPULSIVE_LABEL = "repulsive loss starts"
+
+
+def plot_speeds(speeds: Mapping[str, Sequence[tuple[int, float]]], repulsive_start: int | None = None):
+    """One line per group: mean |change of the positions| per epoch, against completed epochs.
+
+    ``repulsive_start``: completed epochs after which the repulsive loss is on (a dashed line).
+    """
+    figure, axes = _figure(1, 1, (6.0, 4.0))
+    ax = axes[0][0]
+    for name, points in speeds.items():
+        ax.plot([epochs for epochs, _ in points], [speed for _, speed in points], marker="o", label=name)
+    _mark_epoch(ax, repulsive_start, _REPULSIVE_LABEL)
+    _epoch_axis(ax)
+    ax.set_ylabel("mean |ΔP| per epoch (px)")
     ax.set_title("position speed")
     ax.legend(fontsize=8)
     return figure
 
 
-def plot_kernels(kernels: Mapping[str, np.ndarray], epochs: int):
-    """One heatmap per group: the mean |dense kernel| (2D array), four groups per row."""
-    cols = min(4, len(kernels))
-    rows = -(-len(kernels) // cols)
-    figure, axes = _figure(rows, cols, (3.6, 3.0))
-    figure.subplots_adjust(wspace=0.45, bottom=0.1)  # room for each panel's colour bar
-    for index, ax in enumerate(axes.flat):
-        if index >= len(kernels):
-            ax.set_axis_off()
-            continue
-        name, kernel = list(kernels.items())[index]
-        image = ax.imshow(kernel, cmap="viridis")
-        figure.colorbar(image, ax=ax, shrink=0.8)
-        ax.set_title(name, fontsize=9)
-    figure.suptitle(f"mean |kernel| over channels and blocks, after {epochs} epoch(s)")
+def position_spread(positions: torch.Tensor, window: Sequence[int]) -> tuple[float, float]:
+    """How far a group's positions have spread: ``(std_px, ratio)``.
+
+    ``positions``: ``(d, ...)``, one row of elements per learned axis, in pixels from the window
+    centre; ``window``: the ``d`` window sizes. ``std_px`` is the standard deviation of the
+    positions along each axis, averaged over the axes; ``ratio`` divides each axis' deviation
+    by that of positions spread uniformly over the axis' window, ``(w - 1) / sqrt(12)``, before
+    averaging: 0 = every element at one point, 1 = spread like a uniform cover of the window.
+    """
+    flat = positions.detach().double().reshape(len(window), -1)
+    deviations = flat.std(dim=1, unbiased=False)
+    uniform = torch.tensor([max(w - 1, 1) / 12**0.5 for w in window], dtype=torch.float64)
+    return float(deviations.mean()), float((deviations / uniform).mean())
+
+
+def plot_spreads(spreads: Mapping[str, Sequence[tuple[int, float, float]]], repulsive_start: int | None = None):
+    """Two panels, one line per group: the positions' std (px) and its ratio to a uniform cover.
+
+    ``spreads``: per group, ``(completed epochs, std_px, ratio)`` per snapshot (see
+    :func:`position_spread`); ``repulsive_start``: as for :func:`plot_speeds`.
+    """
+    figure, axes = _figure(1, 2, (5.0, 4.0))
+    for ax, column, ylabel, title in (
+        (axes[0][0], 1, "std of positions (px)", "position spread"),
+        (axes[0][1], 2, "std / std of a uniform cover of the window", "share of the window used"),
+    ):
+        for name, points in spreads.items():
+            ax.plot([p[0] for p in points], [p[column] for p in points], marker="o", label=name)
+        _mark_epoch(ax, repulsive_start, _REPULSIVE_LABEL)
+        _epoch_axis(ax)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+    axes[0][1].axhline(1.0, color="0.7", linewidth=0.8)
+    axes[0][0].legend(fontsize=8)
+    return figure
+
+
+def plot_kernels(kernels: Mapping[str, Sequence[tuple[int, np.ndarray]]], max_rows: int = 6):
+    """Heatmaps of the mean |dense kernel|: a column per group, a row per snapshot.
+
+    ``kernels``: per group, ``(completed epochs, 2D array)`` per snapshot. Each column has one
+    colour scale (0 to the group's largest value over all its snapshots) and one colour bar, so
+    a column reads as the same kernel over time. At most ``max_rows`` snapshots, evenly spread,
+    the first and latest always. Axes are in pixels from the window centre.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    names = list(kernels)
+    count = max(len(history) for history in kernels.values())
+    rows = sorted(set(np.linspace(0, count - 1, min(count, max_rows)).round().astype(int)))
+    # a narrow colour-bar column after each group's column: bars never cover a neighbour's panels
+    width, height = 3.4 * len(names), 2.6 * len(rows) + 0.85
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    grid = figure.add_gridspec(len(rows), 2 * len(names), width_ratios=[1, 0.06] * len(names),
+                               left=0.6 / width, right=1 - 0.75 / width, bottom=0.45 / height,
+                               top=1 - 0.85 / height, wspace=0.35, hspace=0.55)
+    for col, name in enumerate(names):
+        history = kernels[name]
+        scale = Normalize(0.0, max(float(kernel.max()) for _, kernel in history) or 1.0)
+        image = None
+        for row, index in enumerate(rows):
+            ax = figure.add_subplot(grid[row, 2 * col])
+            if index >= len(history):
+                ax.set_axis_off()
+                continue
+            epochs, kernel = history[index]
+            height_px, width_px = kernel.shape
+            extent = (-(width_px // 2) - 0.5, width_px - width_px // 2 - 0.5,
+                      height_px - height_px // 2 - 0.5, -(height_px // 2) - 0.5)
+            image = ax.imshow(kernel, cmap="viridis", norm=scale, extent=extent)
+            ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(5, integer=True))
+            ax.set_title(f"{name}, epoch {epochs}", fontsize=9)
+            ax.set_xlabel("x (px)", fontsize=8)
+            ax.set_ylabel("y (px)", fontsize=8)
+        if image is not None:
+            bar = figure.colorbar(image, cax=figure.add_subplot(grid[:, 2 * col + 1]))
+            bar.set_label("mean |weight|", fontsize=8)
+    figure.suptitle("mean |kernel| over channels and blocks (one colour scale per column)")
     return figure
 
 
@@ -238,10 +343,12 @@ class PositionMonitor(Callback):
     - the speed of each group, mean ``|P_now - P_previous|`` over its elements divided by the
       epochs between the two snapshots, is logged as ``positions/speed/<group>`` with
       ``pl_module.log(..., rank_zero_only=True)`` (so not usable as a ``monitor`` key) and drawn;
+    - the spread of each group (:func:`position_spread`) is logged as ``positions/spread/<group>``
+      (after the first epoch) and drawn;
     - the histograms and kernel heatmaps are drawn (see the module docstring for the files).
 
-    Only the previous positions and the histogram counts are kept, so memory stays small on
-    long runs. They are saved in checkpoints (:meth:`state_dict`, as tensors a weights-only load
+    Only the previous positions, the histogram counts, the spreads and the window-sized mean
+    kernels are kept, so memory stays small on long runs. They are saved in checkpoints (:meth:`state_dict`, as tensors a weights-only load
     reads), so a resumed run's pictures still start at epoch 0. Groups are found by :func:`position_groups`:
     positions shared by a stage count once and are named after the stage.
 
@@ -254,8 +361,8 @@ class PositionMonitor(Callback):
         every_n_epochs: snapshot after every N-th epoch.
         model_attribute: attribute of the LightningModule that holds the network.
         bins_per_unit: histogram bins per pixel of the window.
-        max_hist_lines: most snapshots drawn per histogram panel.
-        kernels: draw ``kernels_epoch{N}.png`` (one ``kernel()`` call per DCLS layer per snapshot).
+        max_hist_lines: most snapshots drawn per histogram panel (and rows of ``kernels.png``).
+        kernels: draw ``kernels.png`` (one ``kernel()`` call per DCLS layer per snapshot).
     """
 
     def __init__(
@@ -278,6 +385,9 @@ class PositionMonitor(Callback):
         self.groups: list[PositionGroup] = []
         self.histograms: dict[str, list[Histogram]] = {}
         self.speeds: dict[str, list[tuple[int, float]]] = {}
+        self.spreads: dict[str, list[tuple[int, float, float]]] = {}  # (epochs, std_px, ratio)
+        self.kernel_history: dict[str, list[tuple[int, np.ndarray]]] = {}
+        self.repulsive_start: int | None = None
         self._previous: tuple[int, dict[str, torch.Tensor]] | None = None  # (epochs, positions)
         self._directory = Path()  # where this fit's pictures go, resolved in setup
 
@@ -292,8 +402,11 @@ class PositionMonitor(Callback):
         # trainer.log_dir broadcasts from rank zero: every rank must ask, so ask here and not in rank-zero code
         self._directory = (self.dirpath if self.dirpath is not None
                            else Path(trainer.log_dir or trainer.default_root_dir) / "positions")
+        # the module's schedule, drawn as a marker (None: the module has no repulsive loss)
+        self.repulsive_start = getattr(pl_module, "repulsive_loss_start", None)
         # each fit draws its own record
         self.histograms, self.speeds, self._previous = {}, {}, None
+        self.spreads, self.kernel_history = {}, {}
 
     def state_dict(self) -> dict[str, Any]:
         """The record so far: histogram counts and edges (tensors), speeds, the last positions."""
@@ -303,7 +416,10 @@ class PositionMonitor(Callback):
             for name, records in self.histograms.items()
         }
         previous = None if self._previous is None else {"epochs": self._previous[0], "positions": self._previous[1]}
-        return {"histograms": histograms, "speeds": self.speeds, "previous": previous}
+        kernels = {name: [(epochs, torch.from_numpy(kernel)) for epochs, kernel in records]
+                   for name, records in self.kernel_history.items()}
+        return {"histograms": histograms, "speeds": self.speeds, "previous": previous, "spreads": self.spreads,
+                "kernels": kernels}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the record of the run being resumed (called after :meth:`setup`)."""
@@ -313,6 +429,10 @@ class PositionMonitor(Callback):
             for name, records in state_dict.get("histograms", {}).items()
         }
         self.speeds = {name: [(int(e), float(s)) for e, s in values] for name, values in state_dict.get("speeds", {}).items()}
+        self.spreads = {name: [(int(e), float(s), float(r)) for e, s, r in values]
+                        for name, values in state_dict.get("spreads", {}).items()}
+        self.kernel_history = {name: [(int(e), k.numpy()) for e, k in records]
+                               for name, records in state_dict.get("kernels", {}).items()}
         previous = state_dict.get("previous")
         self._previous = None if previous is None else (int(previous["epochs"]), dict(previous["positions"]))
 
@@ -321,32 +441,40 @@ class PositionMonitor(Callback):
             return
         if self._previous is not None and self._previous[0] == trainer.current_epoch:
             return  # resumed: this epoch's snapshot is in the restored record already
-        self._snapshot(trainer, pl_module, trainer.current_epoch)
+        self._snapshot(trainer, pl_module, trainer.current_epoch, log=False)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epochs = trainer.current_epoch + 1
         if self.groups and trainer.is_global_zero and epochs % self.every_n_epochs == 0:
             self._snapshot(trainer, pl_module, epochs)
 
-    def _snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs: int) -> None:
-        """Record the positions after ``epochs`` epochs (speeds, histograms), then draw."""
+    def _snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs: int, log: bool = True) -> None:
+        """Record the positions after ``epochs`` epochs (speeds, spreads, histograms), then draw.
+
+        ``log``: also log the spreads (not at ``on_train_start``, outside any epoch)."""
         positions = {group.name: group.P.detach().float().cpu().clone() for group in self.groups}
         if self._previous is not None and epochs > self._previous[0]:
             self._log_speeds(pl_module, epochs, positions)
         self._previous = (epochs, positions)
         self._record_histograms(epochs, positions)
-        self._draw(trainer, epochs, positions)
+        self._record_spreads(pl_module if log else None, epochs, positions)
+        if self.kernels:
+            for group in self.groups:
+                self.kernel_history.setdefault(group.name, []).append((epochs, mean_abs_kernel(group)))
+        self._draw(trainer, positions)
 
-    def _draw(self, trainer: pl.Trainer, epochs: int, positions: dict[str, torch.Tensor]) -> None:
+    def _draw(self, trainer: pl.Trainer, positions: dict[str, torch.Tensor]) -> None:
         self._directory.mkdir(parents=True, exist_ok=True)
         labels = {group.name: _axis_labels(group) for group in self.groups}
         self._publish(trainer, plot_position_histograms(self.histograms, labels, self.max_hist_lines),
                       "positions_hist.png", "positions/histograms")
+        self._publish(trainer, plot_spreads(self.spreads, self.repulsive_start), "positions_spread.png",
+                      "positions/spread")
         if self.speeds:
-            self._publish(trainer, plot_speeds(self.speeds), "positions_speed.png", None)
+            self._publish(trainer, plot_speeds(self.speeds, self.repulsive_start), "positions_speed.png", None)
         if self.kernels:
-            kernels = {group.name: mean_abs_kernel(group) for group in self.groups}
-            self._publish(trainer, plot_kernels(kernels, epochs), f"kernels_epoch{epochs}.png", "positions/kernels")
+            self._publish(trainer, plot_kernels(self.kernel_history, self.max_hist_lines), "kernels.png",
+                          "positions/kernels")
         for experiment in self._tensorboards(trainer):
             for name, tensor in positions.items():
                 for axis, values in enumerate(tensor):
@@ -358,6 +486,14 @@ class PositionMonitor(Callback):
             speed = float((now - previous[name]).abs().mean()) / (epochs - previous_epochs)
             self.speeds.setdefault(name, []).append((epochs, speed))
             pl_module.log(f"positions/speed/{name}", speed, on_step=False, on_epoch=True, rank_zero_only=True)
+
+    def _record_spreads(self, pl_module: pl.LightningModule | None, epochs: int,
+                        positions: dict[str, torch.Tensor]) -> None:
+        for group in self.groups:
+            std_px, ratio = position_spread(positions[group.name], group.window)
+            self.spreads.setdefault(group.name, []).append((epochs, std_px, ratio))
+            if pl_module is not None:
+                pl_module.log(f"positions/spread/{group.name}", ratio, on_step=False, on_epoch=True, rank_zero_only=True)
 
     def _record_histograms(self, epochs: int, positions: dict[str, torch.Tensor]) -> None:
         for group in self.groups:

@@ -301,6 +301,9 @@ def _logged_speeds(log_dir: Path) -> dict[str, list[float]]:
     return {column[len(prefix):]: [float(row[column]) for row in rows if row[column]] for column in columns}
 
 
+PICTURES = {"positions_hist.png", "positions_speed.png", "positions_spread.png", "kernels.png"}
+
+
 def _assert_pngs(directory: Path, names: set[str]) -> None:
     assert {path.name for path in directory.iterdir()} == names
     for name in names:
@@ -314,8 +317,7 @@ def test_position_monitor_pictures_speeds_and_shared_positions_once(tmp_path):
     snapshots, monitor = _PositionSnapshots(), PositionMonitor()
     trainer = _fit(tmp_path, module, [ClampPositions(), snapshots, monitor], epochs=3, batches=2)
     log_dir = Path(trainer.log_dir)
-    _assert_pngs(log_dir / "positions", {"positions_hist.png", "positions_speed.png"}
-                 | {f"kernels_epoch{n}.png" for n in range(4)})
+    _assert_pngs(log_dir / "positions", PICTURES)
     expected = _expected_speeds(snapshots.snapshots, every=1)
     assert sorted(expected) == ["stages.0", "stages.1", "stages.2", "stages.3"]  # one per shared tensor
     logged = _logged_speeds(log_dir)
@@ -338,8 +340,8 @@ def test_position_monitor_every_n_epochs_sees_the_raw_weights_under_ema(tmp_path
     snapshots, monitor = _PositionSnapshots(), PositionMonitor(every_n_epochs=2)
     callbacks = [ClampPositions(), EMAWeightAveraging(decay=0.9), snapshots, monitor]
     trainer = _fit(tmp_path, module, callbacks, epochs=4, batches=2)
-    _assert_pngs(Path(trainer.log_dir) / "positions", {"positions_hist.png", "positions_speed.png", "kernels_epoch0.png",
-                                                       "kernels_epoch2.png", "kernels_epoch4.png"})
+    _assert_pngs(Path(trainer.log_dir) / "positions", PICTURES)
+    assert [epochs for epochs, _ in monitor.kernel_history["stages.0"]] == [0, 2, 4]
     expected = _expected_speeds(snapshots.snapshots, every=2)
     logged = _logged_speeds(Path(trainer.log_dir))
     for stage, speeds in expected.items():
@@ -355,14 +357,112 @@ def test_position_monitor_writes_to_tensorboard(tmp_path):
     logger = TensorBoardLogger(tmp_path)
     _fit(tmp_path, _Classifier(position_lr=10.0), [PositionMonitor(dirpath=tmp_path / "pictures")], batches=1,
          logger=logger)
-    assert (tmp_path / "pictures" / "kernels_epoch1.png").exists()
+    assert (tmp_path / "pictures" / "kernels.png").exists()
     events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0, "images": 0, "scalars": 0}).Reload()
     tags = events.Tags()
     assert {"positions/stages.0/P0", "positions/stages.3/P1"} <= set(tags["histograms"])
-    assert {"positions/histograms", "positions/kernels"} <= set(tags["images"])
+    assert {"positions/histograms", "positions/kernels", "positions/spread"} <= set(tags["images"])
     assert "positions/speed/stages.2" in tags["scalars"]
 
 
 def test_position_monitor_bad_arguments():
     with pytest.raises(ValueError, match="every_n_epochs must be an int >= 1"):
         PositionMonitor(every_n_epochs=0)
+
+
+class _RepulsiveClassifier(_Classifier):
+    """As ``_Classifier``, with the schedule attribute ImageClassifier exposes for the marker."""
+
+    repulsive_loss_start = 2
+
+
+def test_position_monitor_records_and_logs_the_spread_of_each_stage(tmp_path):
+    module = _RepulsiveClassifier(position_lr=10.0)
+    snapshots, monitor = _PositionSnapshots(), PositionMonitor()
+    trainer = _fit(tmp_path, module, [ClampPositions(), snapshots, monitor], epochs=3, batches=2)
+    assert monitor.repulsive_start == 2
+    with open(Path(trainer.log_dir) / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for name in snapshots.snapshots[0]:
+        stage = _stage(name)
+        recorded = monitor.spreads[stage]
+        assert [epochs for epochs, _, _ in recorded] == [0, 1, 2, 3]
+        for (epochs, std_px, ratio), positions in zip(recorded, snapshots.snapshots):
+            # independent reference: numpy's population std per axis, a uniform cover's (w - 1) / sqrt(12)
+            values = positions[name].double().numpy().reshape(2, -1)
+            deviations = values.std(axis=1)
+            assert std_px == pytest.approx(deviations.mean(), rel=1e-9)
+            assert ratio == pytest.approx((deviations / ((WINDOW - 1) / math.sqrt(12))).mean(), rel=1e-9)
+        logged = [float(row[f"positions/spread/{stage}"]) for row in rows if row.get(f"positions/spread/{stage}")]
+        assert logged == pytest.approx([ratio for _, _, ratio in recorded[1:]], rel=1e-6)  # after each epoch
+
+
+def test_position_spread_is_zero_for_one_point_and_one_for_a_uniform_cover():
+    from lightning_modules.position_monitor import position_spread
+
+    assert position_spread(torch.zeros(2, 4, 1, 7), (17, 9)) == (0.0, 0.0)
+    generator = torch.Generator().manual_seed(0)
+    uniform = torch.stack([(torch.rand(200_000, generator=generator) - 0.5) * (w - 1) for w in (17, 9)])
+    std_px, ratio = position_spread(uniform, (17, 9))
+    assert ratio == pytest.approx(1.0, abs=0.01)
+    assert std_px == pytest.approx((16 + 8) / 2 / math.sqrt(12), rel=0.01)
+
+
+def _labels(ax) -> tuple[str, str]:
+    return ax.get_xlabel(), ax.get_ylabel()
+
+
+def test_kernel_heatmaps_share_one_colour_scale_per_group_across_epochs():
+    from lightning_modules.position_monitor import plot_kernels
+
+    generator = torch.Generator().manual_seed(0)
+    history = {
+        "stages.0": [(epoch, torch.rand(17, 17, generator=generator).numpy() * (epoch + 1)) for epoch in range(4)],
+        "stages.1": [(epoch, torch.rand(9, 9, generator=generator).numpy() * 0.1) for epoch in range(4)],
+    }
+    figure = plot_kernels(history)
+    images = {ax.get_title(): ax.images[0] for ax in figure.axes if ax.images}
+    assert len(images) == 8  # every snapshot, in a column per group
+    for name, records in history.items():
+        peak = max(float(kernel.max()) for _, kernel in records)
+        for epochs, kernel in records:
+            image = images[f"{name}, epoch {epochs}"]
+            assert (image.norm.vmin, image.norm.vmax) == (0.0, pytest.approx(peak))
+            # window coordinates: pixels from the centre, row 0 at the top
+            half = kernel.shape[0] // 2
+            assert image.get_extent() == [-half - 0.5, half + 0.5, half + 0.5, -half - 0.5]
+    bars = [ax for ax in figure.axes if ax.get_ylabel() == "mean |weight|"]
+    assert len(bars) == 2  # one colour bar per group
+    assert all(_labels(ax) == ("x (px)", "y (px)") for ax in figure.axes if ax.images)
+
+
+def test_spread_and_speed_curves_mark_the_repulsive_loss_and_label_their_axes():
+    from lightning_modules.position_monitor import plot_speeds, plot_spreads
+
+    spreads = {"stages.0": [(0, 1.0, 0.2), (1, 1.5, 0.3), (2, 2.5, 0.5)], "stages.1": [(0, 0.5, 0.2), (1, 0.7, 0.3)]}
+    figure = plot_spreads(spreads, repulsive_start=1)
+    panels = [ax for ax in figure.axes]
+    assert [_labels(ax) for ax in panels] == [("completed epochs", "std of positions (px)"),
+                                               ("completed epochs", "std / std of a uniform cover of the window")]
+    for ax, column in zip(panels, (1, 2)):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert list(lines["stages.0"].get_ydata()) == [p[column] for p in spreads["stages.0"]]
+        assert list(lines["repulsive loss starts"].get_xdata()) == [1, 1]
+    speeds = plot_speeds({"stages.0": [(1, 0.3), (2, 0.2)]}, repulsive_start=2)
+    lines = {line.get_label(): line for line in speeds.axes[0].get_lines()}
+    assert list(lines["repulsive loss starts"].get_xdata()) == [2, 2]
+    assert "repulsive loss starts" not in {l.get_label() for l in plot_spreads(spreads).axes[0].get_lines()}
+
+
+def test_position_histograms_have_an_epoch_colour_bar():
+    from lightning_modules.position_monitor import histogram_edges, plot_position_histograms
+
+    edges = histogram_edges(17, 2)
+    snapshots = [(epochs, [torch.ones(len(edges) - 1).numpy()] * 2, [edges, edges]) for epochs in (0, 3, 6)]
+    figure = plot_position_histograms({"stages.0": snapshots}, {"stages.0": ["P[0] (y)", "P[1] (x)"]})
+    bar = [ax for ax in figure.axes if ax.get_ylabel() == "completed epochs"]
+    assert len(bar) == 1 and bar[0].get_ylim() == (0.0, 6.0)
+    panels = [ax for ax in figure.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["stages.0: P[0] (y)", "stages.0: P[1] (x)"]
+    assert all(ax.get_xlabel() == "position (px from the window centre)" for ax in panels)
+    assert all(float(tick).is_integer() for tick in bar[0].get_yticks())  # epochs are whole
