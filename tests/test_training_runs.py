@@ -214,6 +214,15 @@ def test_quickstart_job_tests_exports_and_summarises(tmp_path, monkeypatch):
     assert config["label_names"][0] == "T-shirt/top" and config["pretrained_cfg"]["input_size"] == [1, 32, 32]
     card = (export / "README.md").read_text()
     assert "zalando-datasets/fashion_mnist" in card and "test/top1" in card
+    # the card says how the weights were made and how far the numbers go
+    assert summary["test_images"] == 64 and summary["params"] == sum(p.numel() for p in model.parameters())
+    assert "| data | Fashion-MNIST, the stratified subset embedded in dcls-zoo" in card
+    assert "5,500 train / 500 validation" in card and "1,000 test images" in card
+    assert "| epochs | 2 (6 optimizer steps, batch 32) |" in card and "| seed | 0 |" in card
+    assert "AdamW, peak learning rate 0.002, weight decay 0.05; DCLS positions at 5x the rate" in card
+    assert "repulsive position loss (weight 1) after 1 epoch(s)" in card and "EMA of the weights" in card
+    error = 100 * (summary["test/top1"] * (1 - summary["test/top1"]) / 64) ** 0.5
+    assert f"## Limitations\n\n- The test top-1 comes from 64 images: its binomial standard error is about {error:.1f} points" in card
     for name in ("metrics.csv", "config.yaml", "positions/positions_hist.png", "positions/positions_speed.png"):
         assert (run / name).is_file(), name
     assert list((tmp_path / "logs" / "tensorboard" / "quickstart").rglob("events.out.tfevents.*"))

@@ -39,6 +39,7 @@ CARD_KEYS = {
     "dataset": "training dataset: a Hub dataset id or a list of them (front matter `datasets`)",
     "metrics": "mapping metric -> value, e.g. {'top-1 (ImageNet-1k val)': 82.5}",
     "training": "the training recipe: text, or a mapping setting -> value",
+    "limitations": "what the numbers do not show: text, or a list of sentences (a Limitations section)",
     "license": "SPDX-like license id for the front matter (default: the architecture's, else mit)",
     "tags": "extra Hub tags",
     "citation": "extra BibTeX, cited after the DCLS paper",
@@ -129,6 +130,8 @@ def save_positions_figure(model: nn.Module, path: str | os.PathLike[str], max_pa
         axes.set_xticks(range(0, window[1], max(1, window[1] // 4)))
         axes.set_yticks(range(0, window[0], max(1, window[0] // 4)))
         axes.grid(True, linewidth=0.3, alpha=0.5)
+        axes.set_xlabel("x: window column (P[1] + centre)", fontsize=7)
+        axes.set_ylabel("y: window row (P[0] + centre)", fontsize=7)
         count = positions.shape[-1]
         axes.set_title(f"{name}\n{_size(window)} window, {count} elements x {values[0].numel() // count} kernels",
                        fontsize=8)
@@ -259,6 +262,10 @@ def render_card(
     if training:
         lines += ["", "## Training", ""]
         lines += _table(training) if isinstance(training, Mapping) else [str(training)]
+    notes = card.get("limitations")
+    if notes:
+        lines += ["", "## Limitations", ""]
+        lines += [f"- {note}" for note in ([notes] if isinstance(notes, str) else notes)]
 
     lines += ["", "## License", "", f"`{license_id}`."]
     lines += ["", "## Citation", "", "```bibtex", CITATION, "```"]

@@ -7,15 +7,18 @@ It runs from what the run wrote: the best checkpoint when validation ran, else t
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.model_summary import ModelSummary
 
 from ..checkpoints import export_checkpoint, load_checkpoint, select_weights
+from ..run_record import limitations, training_record
 
-__all__ = ["finish_fit", "format_summary", "newest_checkpoint"]
+__all__ = ["finish_fit", "format_summary", "model_size", "newest_checkpoint"]
 
 
 def newest_checkpoint(trainer: pl.Trainer) -> tuple[str, str]:
@@ -83,9 +86,16 @@ def finish_fit(
             model.load_state_dict(state)
         results = trainer.test(model, datamodule=datamodule)
         summary.update({key: round(float(value), 4) for key, value in (results[0] if results else {}).items()})
+        images = _test_images(trainer)
+        if images is not None:
+            summary["test_images"] = images
+    summary.update(model_size(model))  # of the tested weights (DCLS: their positions set the MACs)
     if export and trainer.is_global_zero:
         if checkpoint:
-            summary["export_dir"] = str(_export(checkpoint, summary, datamodule, Path(log_dir or trainer.default_root_dir)))
+            card = {"training": training_record(trainer, model, datamodule, summary),
+                    "limitations": limitations(datamodule, summary)}
+            summary["export_dir"] = str(_export(checkpoint, summary, datamodule, card,
+                                                Path(log_dir or trainer.default_root_dir)))
         else:  # fast_dev_run, or no ModelCheckpoint callback
             summary["export_dir"] = "skipped: the run wrote no checkpoint (add a ModelCheckpoint callback)"
     if trainer.is_global_zero:
@@ -95,9 +105,39 @@ def finish_fit(
     return summary
 
 
-def _export(checkpoint: str, summary: Mapping[str, Any], datamodule: pl.LightningDataModule, run_dir: Path) -> Path:
+def _test_images(trainer: pl.Trainer) -> int | None:
+    """How many test images the test just scored (fewer than the set under ``limit_test_batches``)."""
+    loaders = trainer.test_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    batches = trainer.num_test_batches
+    dataset, batch_size = getattr(loader, "dataset", None), getattr(loader, "batch_size", None)
+    if not batches or not hasattr(dataset, "__len__") or not isinstance(batch_size, int) or math.isinf(batches[0]):
+        return None
+    return min(len(dataset), int(batches[0]) * batch_size)  # test loaders keep every example (no drop_last)
+
+
+def model_size(model: pl.LightningModule) -> dict[str, int]:
+    """``{"params": ..., "macs_per_image": ...}`` of the trained network.
+
+    Lightning's :class:`~lightning.pytorch.utilities.model_summary.ModelSummary` counts the
+    parameters (each shared tensor once) and, with the module's ``example_input_array`` (one
+    image at the data's size), the FLOPs of one forward with PyTorch's FLOP counter; a
+    multiply-add is two of them. A DCLS layer convolves the part of its window its elements
+    reach, so its count depends on the positions (``macs_per_image`` is left out without an
+    example input).
+    """
+    size = ModelSummary(model, max_depth=0)
+    counts = {"params": int(size.total_parameters)}
+    if model.example_input_array is not None:
+        counts["macs_per_image"] = int(size.total_flops) // 2
+    return counts
+
+
+def _export(checkpoint: str, summary: Mapping[str, Any], datamodule: pl.LightningDataModule,
+            run_card: Mapping[str, Any], run_dir: Path) -> Path:
+    """Export ``checkpoint`` to ``<run_dir>/export`` with the run's metrics, recipe and limitations."""
     metrics = {key: value for key, value in summary.items() if key.startswith(("test/", "best_val"))}
-    card = {"metrics": metrics, "dataset": getattr(datamodule, "hub_dataset", None)}
+    card = {"metrics": metrics, "dataset": getattr(datamodule, "hub_dataset", None), **run_card}
     directory, _ = export_checkpoint(
         checkpoint,
         run_dir / "export",

@@ -370,14 +370,9 @@ class FashionMNISTDataModule(_ImageDataModule):
         self.save_hyperparameters()
         _require(isinstance(image_size, int) and image_size >= 28, "image_size", image_size, "an integer >= 28 (images are 28x28, padded up)")
         self.data_dir = data_dir
-        if data_dir is None:
-            num_train = len(load_embedded("train")[1])
-        else:
-            def train_shape() -> tuple[int, ...]:
-                find_idx_files(data_dir, "test")
-                return read_idx_header(find_idx_files(data_dir, "train")[0])[1]
-
-            num_train = self._in_data_dir(train_shape)[0]
+        if data_dir is not None:
+            self._in_data_dir(lambda: find_idx_files(data_dir, "test"))  # both splits must be there
+        num_train = self._split_size("train")
         _require(isinstance(val_size, int) and 1 <= val_size < num_train, "val_size", val_size,
                  f"an integer in [1, {num_train - 1}] (the train split has {num_train} images)")
         _require(batch_size <= num_train - val_size, "batch_size", batch_size,
@@ -388,6 +383,22 @@ class FashionMNISTDataModule(_ImageDataModule):
         self.mean: tuple[float] | None = None
         self.std: tuple[float] | None = None
         self.split_indices: dict[str, np.ndarray] = {}
+
+    def _split_size(self, split: str) -> int:
+        """Images in the official ``split`` (``"train"``/``"test"``), from the file headers only."""
+        if self.data_dir is None:
+            return len(load_embedded(split)[1])
+        return self._in_data_dir(lambda: read_idx_header(find_idx_files(self.data_dir, split)[0])[1][0])
+
+    def describe(self) -> str:
+        """The data in one sentence, for model cards: source, split sizes, size, augmentation."""
+        source = ("Fashion-MNIST, the stratified subset embedded in dcls-zoo (from the official splits)"
+                  if self.data_dir is None else f"Fashion-MNIST, the official files in {self.data_dir}")
+        num_train, num_test = self._split_size("train"), self._split_size("test")
+        augment = "random flips and shifts of up to 2 px" if self.augment else "no augmentation"
+        return (f"{source}: {num_train - self.val_size:,} train / {self.val_size:,} validation (carved from the "
+                f"train split, seed {self.seed}) / {num_test:,} test images, 28x28 zero-padded to "
+                f"{self.image_size}x{self.image_size}, {augment}")
 
     def _in_data_dir(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn``, prefixing a missing-file or bad-file error with ``data_dir``."""
@@ -511,6 +522,12 @@ class ImageFolderDataModule(_ImageDataModule):
         except (ValueError, KeyError, AssertionError) as e:
             raise ValueError(f"bad transform arguments (interpolation={interpolation!r}, auto_augment={auto_augment!r}): {e!r}") from e
 
+    def describe(self) -> str:
+        """The data in one sentence, for model cards."""
+        augment = f"RandAugment {self.hparams.auto_augment}" if self.hparams.auto_augment else "no RandAugment"
+        return (f"an image folder ({self.root}): {len(self.class_names)} classes, splits {self.split_dirs['train'].name} / "
+                f"{self.split_dirs['val'].name} / {self.split_dirs['test'].name}, {self.image_size} px, {augment}")
+
     def _eval_config(self) -> dict[str, Any]:
         """The arguments of ``self.eval_transform``: the card recipe builds the same transform."""
         return {"interpolation": self.interpolation, "mean": self.mean, "std": self.std,
@@ -565,6 +582,12 @@ class SyntheticDataModule(_ImageDataModule):
         self.class_names = [f"class_{i}" for i in range(num_classes)]
         self.sizes, self.seed, self.noise = (num_train, num_val, num_test), seed, noise
         self.patterns: Tensor | None = None
+
+    def describe(self) -> str:
+        """The data in one sentence, for model cards."""
+        train, val, test = self.sizes
+        return (f"synthetic images (class patterns + noise {self.noise}, seed {self.seed}): {train} train / {val} "
+                f"validation / {test} test, {self.in_chans}x{self.image_size}x{self.image_size}")
 
     def _eval_config(self) -> dict[str, Any]:
         """Identity normalisation (mean 0, std 1 per channel), no resize or crop (``crop_pct`` 1).

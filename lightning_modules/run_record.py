@@ -1,0 +1,116 @@
+"""What a finished training run was, in words: the recipe, the data, the seed, the limitations.
+
+:func:`training_record` and :func:`limitations` read the Trainer, the LightningModule and the
+DataModule after ``fit``; the export puts them in the model card (``training`` and
+``limitations``), so a card says how its weights were made and how far to trust its numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import EMAWeightAveraging
+
+from dcls_zoo.machine import machine_description
+
+from .method import ClampPositions
+
+__all__ = ["limitations", "training_record"]
+
+
+def _optimizer_phrase(trainer: pl.Trainer, module: pl.LightningModule) -> str:
+    if not trainer.optimizers:
+        return "none recorded"
+    optimizer = trainer.optimizers[0]
+    groups = optimizer.param_groups
+    peak = max(group.get("initial_lr", group["lr"]) for group in groups)
+    decay = max(group.get("weight_decay", 0.0) for group in groups)
+    phrase = f"{type(optimizer).__name__}, peak learning rate {peak:g}, weight decay {decay:g}"
+    scale = getattr(module.hparams, "position_lr_scale", None)
+    if getattr(module, "has_positions", False) and scale is not None:
+        phrase += f"; DCLS positions at {scale:g}x the rate, without weight decay"
+    return phrase
+
+
+def _schedule_phrase(hparams: Mapping[str, Any]) -> str:
+    warmup, floor = hparams.get("warmup_epochs"), hparams.get("min_lr_ratio")
+    if warmup is None or floor is None:
+        return "not recorded"
+    return f"linear warmup over {warmup:g} epoch(s), then cosine to {floor:g} x the peak, stepped per optimizer step"
+
+
+def _regularisation_phrase(trainer: pl.Trainer, module: pl.LightningModule) -> str:
+    hp = module.hparams
+    parts = [f"label smoothing {hp.get('label_smoothing', 0):g}"]
+    if hp.get("mixup_alpha") or hp.get("cutmix_alpha"):
+        parts.append(f"mixup {hp.mixup_alpha:g} / cutmix {hp.cutmix_alpha:g}")
+    if (hp.get("model_kwargs") or {}).get("drop_path_rate"):
+        parts.append(f"stochastic depth {hp.model_kwargs['drop_path_rate']:g}")
+    if trainer.gradient_clip_val:
+        parts.append(f"gradients clipped at norm {trainer.gradient_clip_val:g}")
+    ema = next((c for c in trainer.callbacks if isinstance(c, EMAWeightAveraging)), None)
+    if ema is not None:
+        decay = getattr(ema, "_decay", None) or getattr(ema, "decay", None)
+        parts.append("EMA of the weights" + (f" (decay {decay:g})" if isinstance(decay, float) else "")
+                     + " for validation, test and export")
+    start = getattr(module, "repulsive_loss_start", None)
+    if getattr(module, "has_positions", False):
+        if start is not None:
+            parts.append(f"repulsive position loss (weight {hp.repulsive_loss_weight:g}) after {start} epoch(s)")
+        if any(isinstance(c, ClampPositions) for c in trainer.callbacks):
+            parts.append("positions clamped to their window after every step")
+    return "; ".join(parts)
+
+
+def training_record(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule,
+                    summary: Mapping[str, Any]) -> dict[str, str]:
+    """The run as ``setting -> sentence`` (the model card's Training table).
+
+    ``summary``: what :func:`lightning_modules.commands.after_fit.finish_fit` gathered (epochs,
+    steps, fit time, the selected checkpoint and its weights).
+    """
+    batch_size = getattr(datamodule, "batch_size", None)
+    describe = getattr(datamodule, "describe", None)
+    record = {
+        "data": describe() if callable(describe) else type(datamodule).__name__,
+        "epochs": f"{summary.get('epochs')} ({summary.get('global_steps')} optimizer steps"
+        + (f", batch {batch_size}" if batch_size else "") + ")",
+        "optimizer": _optimizer_phrase(trainer, module),
+        "schedule": _schedule_phrase(module.hparams),
+        "regularisation": _regularisation_phrase(trainer, module),
+        "precision": str(trainer.precision),
+        "seed": os.environ.get("PL_GLOBAL_SEED", "not set"),
+        "fit time": f"{float(summary.get('fit_seconds', 0)) / 60:.1f} min on {trainer.num_devices} "
+        f"{trainer.accelerator.__class__.__name__.replace('Accelerator', '')} device(s); {machine_description()}",
+    }
+    selected = summary.get("best_checkpoint") or summary.get("last_checkpoint")
+    if selected:
+        which = "the best validation epoch" if summary.get("best_checkpoint") else "the last epoch"
+        weights = summary.get("tested_weights")
+        record["weights"] = f"{which} ({os.path.basename(str(selected))})" + (f", {weights}" if weights else "")
+    return record
+
+
+def limitations(datamodule: pl.LightningDataModule, summary: Mapping[str, Any]) -> list[str]:
+    """Sentences on how far the run's numbers go (the model card's Limitations section).
+
+    ``summary``: as for :func:`training_record` (``test/top1`` and ``test_images`` when tested).
+    """
+    notes = []
+    top1, test_set = summary.get("test/top1"), summary.get("test_images")
+    if isinstance(top1, (int, float)) and isinstance(test_set, int) and test_set > 0:
+        error = math.sqrt(max(top1 * (1 - top1), 0.0) / test_set)
+        notes.append(f"The test top-1 comes from {test_set:,} images: its binomial standard error is about "
+                     f"{100 * error:.1f} points, so smaller differences between models are not resolved by one run.")
+    notes.append("One training run with one seed: the spread over seeds is not measured here "
+                 "(`dcls-zoo compare` trains several seeds of several architectures).")
+    if getattr(datamodule, "data_dir", "") is None and hasattr(datamodule, "split_indices"):
+        notes.append("Trained on the small Fashion-MNIST subset embedded in dcls-zoo, for a short schedule: "
+                     "a demonstration of the recipe, not a competitive Fashion-MNIST model.")
+    notes.append("Trained for one dataset and input size; other inputs need fine-tuning, and the accuracy "
+                 "says nothing about robustness to distribution shift.")
+    return notes
