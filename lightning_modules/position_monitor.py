@@ -289,18 +289,19 @@ def plot_kernels(kernels: Mapping[str, Sequence[tuple[int, np.ndarray]]], max_ro
     count = max(len(history) for history in kernels.values())
     rows = sorted(set(np.linspace(0, count - 1, min(count, max_rows)).round().astype(int)))
     # a narrow colour-bar column after each group's column: bars never cover a neighbour's panels
-    width, height = 3.4 * len(names), 2.6 * len(rows) + 0.85
+    width, height = 3.9 * len(names), 2.6 * len(rows) + 0.85
     figure = Figure(figsize=(width, height))
     FigureCanvasAgg(figure)
-    grid = figure.add_gridspec(len(rows), 2 * len(names), width_ratios=[1, 0.06] * len(names),
-                               left=0.6 / width, right=1 - 0.75 / width, bottom=0.45 / height,
-                               top=1 - 0.85 / height, wspace=0.35, hspace=0.55)
+    outer = figure.add_gridspec(1, len(names), left=0.6 / width, right=1 - 0.95 / width, bottom=0.45 / height,
+                                top=1 - 0.85 / height, wspace=0.45)
+    columns = [outer[0, col].subgridspec(len(rows), 2, width_ratios=[1, 0.06], wspace=0.08, hspace=0.55)
+               for col in range(len(names))]
     for col, name in enumerate(names):
         history = kernels[name]
         scale = Normalize(0.0, max(float(kernel.max()) for _, kernel in history) or 1.0)
         image = None
         for row, index in enumerate(rows):
-            ax = figure.add_subplot(grid[row, 2 * col])
+            ax = figure.add_subplot(columns[col][row, 0])
             if index >= len(history):
                 ax.set_axis_off()
                 continue
@@ -315,7 +316,7 @@ def plot_kernels(kernels: Mapping[str, Sequence[tuple[int, np.ndarray]]], max_ro
             ax.set_xlabel("x (px)", fontsize=8)
             ax.set_ylabel("y (px)", fontsize=8)
         if image is not None:
-            bar = figure.colorbar(image, cax=figure.add_subplot(grid[:, 2 * col + 1]))
+            bar = figure.colorbar(image, cax=figure.add_subplot(columns[col][:, 1]))
             bar.set_label("mean |weight|", fontsize=8)
     figure.suptitle("mean |kernel| over channels and blocks (one colour scale per column)")
     return figure

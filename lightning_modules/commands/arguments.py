@@ -13,6 +13,7 @@ from pathlib import Path
 __all__ = [
     "add_benchmark_arguments",
     "add_checkpoint_arguments",
+    "add_compare_arguments",
     "add_convert_arguments",
     "add_export_arguments",
     "add_push_arguments",
@@ -88,3 +89,17 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="a script of benchmarks/ without .py (construction, conv_layer, model_throughput)")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script (try --help)")
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, required=True,
+                        help="a comparison file, e.g. configs/compare/quick.yaml (fit config, seeds, arms)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results folder (default logs/compare/<comparison name>); run again to continue it")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the file's seeds")
+    parser.add_argument("--arms", nargs="+", default=None, help="run only these arms (by name)")
+    parser.add_argument("--fit-arg", action="append", default=[], metavar="OPTION",
+                        help="one more option for every fit, after the file's fit_args "
+                        "(repeatable), e.g. --fit-arg=--trainer.max_epochs=2")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="fits at a time, each with its share of the cores (default 1)")

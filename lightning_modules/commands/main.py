@@ -3,6 +3,7 @@
     dcls-zoo fit -c configs/quickstart.yaml             # train (LightningCLI; --help for every option)
     dcls-zoo fit -c configs/convnext_dcls_tiny_in1k.yaml -c configs/presets/gpu_bf16.yaml
     dcls-zoo test|validate|predict -c CONFIG --ckpt_path CKPT
+    dcls-zoo compare -c configs/compare/quick.yaml      # arms x seeds of one recipe -> table + plot
     dcls-zoo export CKPT --out DIR                      # Lightning checkpoint -> Hub-format export
     dcls-zoo push DIR_OR_CKPT --repo-id ORG/NAME        # upload to the Hugging Face Hub
     dcls-zoo convert FILE --arch ARCH --out DIR         # the authors' released checkpoints
@@ -63,6 +64,11 @@ COMMANDS: dict[str, Command] = {
     "validate": Command("evaluate on the validation set (--ckpt_path to pick the weights)", _TRAIN),
     "test": Command("evaluate on the test set (--ckpt_path; results go into the checkpoint's run folder)", _TRAIN),
     "predict": Command("predict with a model (--ckpt_path): writes predictions.csv with named top-5", _TRAIN),
+    "compare": Command(
+        "train several architectures with one recipe over seeds: table + plot (configs/compare/*.yaml)",
+        "lightning_modules.commands.compare:run",
+        arguments.add_compare_arguments,
+    ),
     "export": Command(
         "write a Lightning checkpoint as a Hub-format export directory (safetensors + config + model card)",
         "lightning_modules.commands.export:run",
@@ -88,7 +94,7 @@ COMMANDS: dict[str, Command] = {
 
 def _help_text() -> str:
     lines = ["usage: dcls-zoo COMMAND [options]   (dcls-zoo COMMAND --help for a command's options)", ""]
-    for title, lightning in (("training (LightningCLI; configs in configs/):", True), ("models and the Hub:", False)):
+    for title, lightning in (("training (LightningCLI; configs in configs/):", True), ("comparisons, models and the Hub:", False)):
         lines.append(title)
         lines += [f"  {name:<10} {command.help}" for name, command in COMMANDS.items() if command.is_lightning == lightning]
         lines.append("")

@@ -38,7 +38,7 @@ from ..position_monitor import PositionMonitor
 from ..predictions import PredictionsCSV
 from . import after_fit
 
-__all__ = ["DclsCLI", "cli_main", "run", "run_folder_of"]
+__all__ = ["DclsCLI", "cli_main", "run", "run_folder_of", "runs_newest_first"]
 
 #: Classes configs may name by their short names (``class_path: ClampPositions``): jsonargparse
 #: resolves a short name among the subclasses that are imported, so they are imported here.
@@ -69,7 +69,7 @@ def _version_of(run: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _runs_newest_first(experiment: Path) -> list[Path]:
+def runs_newest_first(experiment: Path) -> list[Path]:
     """``<experiment>/version_N`` folders, highest N first."""
     runs = [run for run in experiment.glob("version_*") if _version_of(run) is not None]
     return sorted(runs, key=_version_of, reverse=True)
@@ -145,7 +145,7 @@ class DclsCLI(LightningCLI):
             self._fail(f"--ckpt_path {name}: the config has no CSV/TensorBoard logger to find its runs by; "
                        "pass the checkpoint's path")
         experiment = _experiment_dir(loggers)
-        for run in _runs_newest_first(experiment):
+        for run in runs_newest_first(experiment):
             path = _named_checkpoint(run, name)
             if path is not None:
                 print(f"dcls-zoo {subcommand}: --ckpt_path {name} is {path}", file=sys.stderr)

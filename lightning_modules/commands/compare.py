@@ -1,0 +1,218 @@
+"""``dcls-zoo compare -c configs/compare/quick.yaml``: every arm x seed of a comparison, one table.
+
+Each run is a real ``dcls-zoo fit`` in its own process (the comparison's ``fit_config``, then a
+small config of the run's own: seed, ``model.arch``, ``model.model_kwargs``, a CSV logger into
+``<out>/runs/<arm>/seed<N>/version_K``), so every arm trains with the same recipe, through the
+same LightningCLI, with its output in ``fit.log`` beside it. Runs go seed by seed (all arms of
+seed 0 first), so an interrupted comparison already compares every arm.
+
+After each run ``<out>/`` is rewritten with what is finished: ``results.md`` (the command, the
+machine, the table, every run), ``results.csv`` and ``results.png``. Run the same command again
+to continue: finished runs are read back, and a run stopped mid-way resumes exactly from its
+``last.ckpt``. A failed run is reported with the end of its log; the others still run (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import yaml
+from PIL import Image
+from tqdm import tqdm
+
+from dcls_zoo.machine import machine_description
+
+from ..comparison import Arm, Comparison, RunResult, load_comparison, markdown_table, plot_comparison, read_run, summarise
+from ..position_monitor import render
+from .train import runs_newest_first
+
+__all__ = ["run"]
+
+
+def _run_root(out: Path, arm: Arm, seed: int) -> Path:
+    return out / "runs" / arm.name / f"seed{seed}"
+
+
+def _run_config(out: Path, arm: Arm, seed: int) -> dict:
+    """The run's own config, applied after the comparison's fit config."""
+    return {
+        "seed_everything": seed,
+        "model": {"arch": arm.arch, "model_kwargs": arm.model_kwargs},
+        "trainer": {
+            "logger": [{
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(out / "runs" / arm.name), "name": f"seed{seed}"},
+            }],
+            "enable_progress_bar": False,  # the log file gets one line per epoch, not a bar per step
+        },
+        "test_after_fit": True,
+        "export_after_fit": False,
+    }
+
+
+def _state(out: Path, arm: Arm, seed: int) -> tuple[RunResult | None, Path | None]:
+    """``(result, None)`` of a finished run, ``(None, last.ckpt)`` of one to resume, else ``(None, None)``."""
+    newest = runs_newest_first(_run_root(out, arm, seed))
+    if not newest:
+        return None, None
+    result = read_run(newest[0], arm.name, seed)
+    if result is not None:
+        return result, None
+    last = newest[0] / "checkpoints" / "last.ckpt"
+    return None, (last if last.is_file() else None)
+
+
+def _fit(comparison: Comparison, out: Path, arm: Arm, seed: int, resume: Path | None, threads: int | None) -> int:
+    """Run one fit (output appended to its ``fit.log``); returns its exit status."""
+    root = _run_root(out, arm, seed)
+    root.mkdir(parents=True, exist_ok=True)
+    run_config = root / "run.yaml"
+    run_config.write_text(yaml.safe_dump(_run_config(out, arm, seed), sort_keys=False))
+    command = [sys.executable, "-m", "lightning_modules", "fit", "-c", str(comparison.fit_config),
+               "-c", str(run_config), *comparison.fit_args]
+    if resume is not None:
+        command.append(f"--ckpt_path={resume}")
+    environment = dict(os.environ)
+    if threads is not None:  # torch reads it at start-up: each of the parallel fits gets its share of the cores
+        environment["OMP_NUM_THREADS"] = str(threads)
+    with open(root / "fit.log", "a") as handle:
+        handle.write(f"$ {shlex.join(command)}\n")
+        handle.flush()
+        return subprocess.call(command, stdout=handle, stderr=subprocess.STDOUT, env=environment)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _write_results(comparison: Comparison, out: Path, command: str, results: list[RunResult],
+                   planned: int, failed: list[str]) -> None:
+    summaries = summarise(comparison.arms, results)
+    arms = {arm.name: arm for arm in comparison.arms}
+    runs = ["| arm | seed | test top-1 (%) | best val top-1 (%) | fit time | params | MACs / image |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    runs += [f"| {arms[r.arm].label} | {r.seed} | {100 * r.test_top1:.2f} | {100 * r.best_val_top1:.2f} | "
+             f"{r.fit_seconds / 60:.1f} min | {r.params:,} | {r.macs / 1e6:.1f} M |"
+             for r in sorted(results, key=lambda r: (r.arm, r.seed))]
+    status = f"{len(results)} of {planned} runs finished" + (f"; failed: {', '.join(failed)}" if failed else "")
+    text = [
+        f"# {comparison.title or comparison.path.stem}", "",
+        f"Command: `{command}`", "",
+        f"Comparison: `{comparison.path}` (fit config `{comparison.fit_config.name}`"
+        + (f", with `{' '.join(comparison.fit_args)}`" if comparison.fit_args else "") + ").", "",
+        f"Machine: {machine_description()}.", "",
+        f"Status: {status}.", "",
+        "Mean ± sample standard deviation over the seeds. Test top-1 is that of each run's checkpoint "
+        "with the best validation top-1. MACs per image are counted in one forward of the trained "
+        "network (a DCLS layer convolves the part of its window its elements reach, so its count "
+        "depends on the trained positions); fit time is the wall time of `trainer.fit`.", "",
+        markdown_table(summaries), "",
+        "## Every run", "", *runs, "",
+        "![results](results.png)", "",
+    ]
+    (out / "results.md").write_text("\n".join(text))
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["arm", "arch", "seed", "test_top1", "best_val_top1", "fit_seconds", "params", "macs_per_image"])
+        for r in sorted(results, key=lambda r: (r.arm, r.seed)):
+            writer.writerow([r.arm, arms[r.arm].arch, r.seed, r.test_top1, r.best_val_top1, r.fit_seconds, r.params, r.macs])
+    if results:
+        figure = plot_comparison(comparison.arms, results, comparison.title)
+        Image.fromarray(render(figure)).save(out / "results.png")
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as a user would type it again (recorded in results.md)."""
+    words = ["dcls-zoo", "compare", "-c", str(args.config)]
+    if args.out is not None:
+        words += ["--out", str(args.out)]
+    if args.seeds:
+        words += ["--seeds", *map(str, args.seeds)]
+    if args.arms:
+        words += ["--arms", *args.arms]
+    if args.parallel != 1:
+        words += ["--parallel", str(args.parallel)]
+    words += [f"--fit-arg={arg}" for arg in args.fit_arg]
+    return shlex.join(words)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run (or continue) a comparison; exit 0 when every run finished, 1 if one failed, 2 on bad input."""
+    try:
+        comparison = load_comparison(args.config)
+    except (FileNotFoundError, ValueError, yaml.YAMLError) as error:
+        print(f"dcls-zoo compare: error: {error}", file=sys.stderr)
+        return 2
+    if args.parallel < 1:
+        print(f"dcls-zoo compare: error: --parallel must be >= 1, got {args.parallel}", file=sys.stderr)
+        return 2
+    arms = comparison.arms
+    if args.arms:
+        unknown = sorted(set(args.arms) - {arm.name for arm in arms})
+        if unknown:
+            print(f"dcls-zoo compare: error: --arms: no arm {', '.join(unknown)} in {comparison.path}; "
+                  f"arms: {', '.join(arm.name for arm in arms)}", file=sys.stderr)
+            return 2
+        arms = tuple(arm for arm in arms if arm.name in args.arms)
+    seeds = tuple(args.seeds) if args.seeds else comparison.seeds
+    comparison = Comparison(comparison.path, comparison.fit_config, (*comparison.fit_args, *args.fit_arg), seeds, arms,
+                            comparison.title)
+    out = (args.out or Path("logs") / "compare" / comparison.path.stem).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    command = _command_line(args)
+    plan = [(arm, seed) for seed in seeds for arm in arms]
+    parallel = max(1, min(args.parallel, len(plan)))
+    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
+    print(f"dcls-zoo compare: {len(arms)} arms x {len(seeds)} seeds = {len(plan)} fits of {comparison.fit_config.name} "
+          f"into {out}" + (f", {parallel} at a time with {threads} thread(s) each" if parallel > 1 else ""),
+          file=sys.stderr)
+    results: list[RunResult] = []
+    failed: list[str] = []
+    to_run = []
+    for arm, seed in plan:
+        result, resume = _state(out, arm, seed)
+        if result is not None:
+            print(f"{arm.name} seed {seed}: finished earlier, test top-1 {100 * result.test_top1:.2f}%", file=sys.stderr)
+            results.append(result)
+        else:
+            to_run.append((arm, seed, resume))
+
+    def fit(arm: Arm, seed: int, resume: Path | None) -> tuple[int, float]:
+        started = time.perf_counter()
+        return _fit(comparison, out, arm, seed, resume, threads), time.perf_counter() - started
+
+    with tqdm(total=len(plan), initial=len(results), desc="compare", unit="fit", file=sys.stderr,
+              dynamic_ncols=True) as bar, ThreadPoolExecutor(parallel) as pool:
+        futures = {pool.submit(fit, *job): job for job in to_run}
+        for future in as_completed(futures):
+            arm, seed, resume = futures[future]
+            status, seconds = future.result()
+            result, _ = _state(out, arm, seed)
+            if status != 0 or result is None:
+                failed.append(f"{arm.name}/seed{seed}")
+                log = _run_root(out, arm, seed) / "fit.log"
+                bar.write(f"{arm.name} seed {seed}: FAILED (exit {status}); the end of {log}:\n{_tail(log)}")
+            else:
+                results.append(result)
+                how = "resumed, " if resume is not None else ""
+                bar.write(f"{arm.name} seed {seed}: test top-1 {100 * result.test_top1:.2f}% "
+                          f"(best val {100 * result.best_val_top1:.2f}%) in {how}{seconds / 60:.1f} min")
+            bar.update()
+            _write_results(comparison, out, command, results, len(plan), failed)
+    _write_results(comparison, out, command, results, len(plan), failed)
+    print(markdown_table(summarise(arms, results)))
+    print(f"\nresults: {out / 'results.md'} (table, every run), {out / 'results.png'}", file=sys.stderr)
+    if failed:
+        print(f"dcls-zoo compare: {len(failed)} run(s) failed: {', '.join(failed)}; run the same command to retry them",
+              file=sys.stderr)
+        return 1
+    return 0
+
