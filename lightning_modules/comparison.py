@@ -39,6 +39,7 @@ __all__ = [
     "markdown_table",
     "plot_comparison",
     "read_run",
+    "runs_table",
     "summarise",
 ]
 
@@ -237,8 +238,9 @@ def summarise(arms: Sequence[Arm], results: Sequence[RunResult]) -> list[ArmSumm
     return summaries
 
 
-def _percent(value: tuple[float, float]) -> str:
-    return f"{100 * value[0]:.2f} ± {100 * value[1]:.2f}"
+def _percent(value: tuple[float, float], seeds: int) -> str:
+    # one seed has no spread to show: "± 0.00" would claim a measured zero
+    return f"{100 * value[0]:.2f} ± {100 * value[1]:.2f}" if seeds > 1 else f"{100 * value[0]:.2f} (1 seed)"
 
 
 def markdown_table(summaries: Sequence[ArmSummary]) -> str:
@@ -249,9 +251,21 @@ def markdown_table(summaries: Sequence[ArmSummary]) -> str:
     ]
     for s in sorted(summaries, key=lambda s: -s.test_top1[0]):
         lines.append(
-            f"| {s.arm.label} | `{s.arm.arch}` | {_percent(s.test_top1)} | {_percent(s.best_val_top1)} | "
+            f"| {s.arm.label} | `{s.arm.arch}` | {_percent(s.test_top1, len(s.seeds))} | "
+            f"{_percent(s.best_val_top1, len(s.seeds))} | "
             f"{len(s.seeds)} | {s.params / 1e6:.3f} M | {s.macs / 1e6:.1f} M | {s.fit_seconds / 60:.1f} min |"
         )
+    return "\n".join(lines)
+
+
+def runs_table(arms: Sequence[Arm], results: Sequence[RunResult]) -> str:
+    """Every run as a Markdown table row, by arm then seed."""
+    labels = {arm.name: arm.label for arm in arms}
+    lines = ["| arm | seed | test top-1 (%) | best val top-1 (%) | fit time | params | MACs / image |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {labels[r.arm]} | {r.seed} | {100 * r.test_top1:.2f} | {100 * r.best_val_top1:.2f} | "
+              f"{r.fit_seconds / 60:.1f} min | {r.params:,} | {r.macs / 1e6:.1f} M |"
+              for r in sorted(results, key=lambda r: (r.arm, r.seed))]
     return "\n".join(lines)
 
 

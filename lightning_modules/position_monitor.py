@@ -258,7 +258,7 @@ def plot_spreads(spreads: Mapping[str, Sequence[tuple[int, float, float]]], repu
     figure, axes = _figure(1, 2, (5.0, 4.0))
     for ax, column, ylabel, title in (
         (axes[0][0], 1, "std of positions (px)", "position spread"),
-        (axes[0][1], 2, "std / std of a uniform cover of the window", "share of the window used"),
+        (axes[0][1], 2, "std / std of a uniform cover", "share of the window used"),
     ):
         for name, points in spreads.items():
             ax.plot([p[0] for p in points], [p[column] for p in points], marker="o", label=name)
@@ -272,7 +272,7 @@ def plot_spreads(spreads: Mapping[str, Sequence[tuple[int, float, float]]], repu
     return figure
 
 
-def plot_kernels(kernels: Mapping[str, Sequence[tuple[int, np.ndarray]]], max_rows: int = 6):
+def plot_kernels(kernels: Mapping[str, Sequence[tuple[int, np.ndarray]]], max_rows: int = 4):
     """Heatmaps of the mean |dense kernel|: a column per group, a row per snapshot.
 
     ``kernels``: per group, ``(completed epochs, 2D array)`` per snapshot. Each column has one
@@ -309,7 +309,7 @@ def plot_kernels(kernels: Mapping[str, Sequence[tuple[int, np.ndarray]]], max_ro
             height_px, width_px = kernel.shape
             extent = (-(width_px // 2) - 0.5, width_px - width_px // 2 - 0.5,
                       height_px - height_px // 2 - 0.5, -(height_px // 2) - 0.5)
-            image = ax.imshow(kernel, cmap="viridis", norm=scale, extent=extent)
+            image = ax.imshow(kernel, cmap="viridis", norm=scale, extent=extent, interpolation="nearest")
             ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
             ax.yaxis.set_major_locator(MaxNLocator(5, integer=True))
             ax.set_title(f"{name}, epoch {epochs}", fontsize=9)
@@ -362,7 +362,9 @@ class PositionMonitor(Callback):
         every_n_epochs: snapshot after every N-th epoch.
         model_attribute: attribute of the LightningModule that holds the network.
         bins_per_unit: histogram bins per pixel of the window.
-        max_hist_lines: most snapshots drawn per histogram panel (and rows of ``kernels.png``).
+        max_hist_lines: most snapshots drawn per histogram panel.
+        max_kernel_rows: most snapshots (rows) of ``kernels.png``; each row is a panel per group,
+            and drawing them is most of the monitor's time at every snapshot.
         kernels: draw ``kernels.png`` (one ``kernel()`` call per DCLS layer per snapshot).
     """
 
@@ -373,14 +375,16 @@ class PositionMonitor(Callback):
         model_attribute: str = "model",
         bins_per_unit: int = 2,
         max_hist_lines: int = 8,
+        max_kernel_rows: int = 4,
         kernels: bool = True,
     ) -> None:
         for name, value in (("every_n_epochs", every_n_epochs), ("bins_per_unit", bins_per_unit),
-                            ("max_hist_lines", max_hist_lines)):
+                            ("max_hist_lines", max_hist_lines), ("max_kernel_rows", max_kernel_rows)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.every_n_epochs, self.bins_per_unit, self.max_hist_lines = every_n_epochs, bins_per_unit, max_hist_lines
+        self.max_kernel_rows = max_kernel_rows
         self.model_attribute = model_attribute
         self.kernels = kernels
         self.groups: list[PositionGroup] = []
@@ -474,7 +478,7 @@ class PositionMonitor(Callback):
         if self.speeds:
             self._publish(trainer, plot_speeds(self.speeds, self.repulsive_start), "positions_speed.png", None)
         if self.kernels:
-            self._publish(trainer, plot_kernels(self.kernel_history, self.max_hist_lines), "kernels.png",
+            self._publish(trainer, plot_kernels(self.kernel_history, self.max_kernel_rows), "kernels.png",
                           "positions/kernels")
         for experiment in self._tensorboards(trainer):
             for name, tensor in positions.items():

@@ -87,6 +87,7 @@ def test_the_table_gives_mean_and_sample_std_over_seeds_best_first():
     assert table[2].startswith("| arm B |") and table[3].startswith("| arm A |")  # best first
     mean, std = 100 * statistics.mean([0.80, 0.84, 0.83]), 100 * statistics.stdev([0.80, 0.84, 0.83])
     assert f"| {mean:.2f} ± {std:.2f} |" in table[3]
+    assert "| 90.00 (1 seed) | 91.00 (1 seed) | 1 |" in table[2]  # no spread claimed from one seed
     figure = plot_comparison(arms, results, "title")
     left, right = figure.axes
     assert left.get_ylabel() == "test top-1 (%)" and right.get_xlabel() == "completed epochs"

@@ -443,7 +443,7 @@ def test_spread_and_speed_curves_mark_the_repulsive_loss_and_label_their_axes():
     figure = plot_spreads(spreads, repulsive_start=1)
     panels = [ax for ax in figure.axes]
     assert [_labels(ax) for ax in panels] == [("completed epochs", "std of positions (px)"),
-                                               ("completed epochs", "std / std of a uniform cover of the window")]
+                                               ("completed epochs", "std / std of a uniform cover")]
     for ax, column in zip(panels, (1, 2)):
         lines = {line.get_label(): line for line in ax.get_lines()}
         assert list(lines["stages.0"].get_ydata()) == [p[column] for p in spreads["stages.0"]]

@@ -30,7 +30,17 @@ from tqdm import tqdm
 
 from dcls_zoo.machine import machine_description
 
-from ..comparison import Arm, Comparison, RunResult, load_comparison, markdown_table, plot_comparison, read_run, summarise
+from ..comparison import (
+    Arm,
+    Comparison,
+    RunResult,
+    load_comparison,
+    markdown_table,
+    plot_comparison,
+    read_run,
+    runs_table,
+    summarise,
+)
 from ..position_monitor import render
 from .train import runs_newest_first
 
@@ -94,28 +104,23 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def _write_results(comparison: Comparison, out: Path, command: str, results: list[RunResult],
-                   planned: int, failed: list[str]) -> None:
+                   planned: int, failed: list[str], conditions: str) -> None:
     summaries = summarise(comparison.arms, results)
     arms = {arm.name: arm for arm in comparison.arms}
-    runs = ["| arm | seed | test top-1 (%) | best val top-1 (%) | fit time | params | MACs / image |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
-    runs += [f"| {arms[r.arm].label} | {r.seed} | {100 * r.test_top1:.2f} | {100 * r.best_val_top1:.2f} | "
-             f"{r.fit_seconds / 60:.1f} min | {r.params:,} | {r.macs / 1e6:.1f} M |"
-             for r in sorted(results, key=lambda r: (r.arm, r.seed))]
     status = f"{len(results)} of {planned} runs finished" + (f"; failed: {', '.join(failed)}" if failed else "")
     text = [
         f"# {comparison.title or comparison.path.stem}", "",
         f"Command: `{command}`", "",
         f"Comparison: `{comparison.path}` (fit config `{comparison.fit_config.name}`"
         + (f", with `{' '.join(comparison.fit_args)}`" if comparison.fit_args else "") + ").", "",
-        f"Machine: {machine_description()}.", "",
+        f"Machine: {machine_description()}; {conditions}.", "",
         f"Status: {status}.", "",
         "Mean ± sample standard deviation over the seeds. Test top-1 is that of each run's checkpoint "
         "with the best validation top-1. MACs per image are counted in one forward of the trained "
         "network (a DCLS layer convolves the part of its window its elements reach, so its count "
         "depends on the trained positions); fit time is the wall time of `trainer.fit`.", "",
         markdown_table(summaries), "",
-        "## Every run", "", *runs, "",
+        "## Every run", "", runs_table(comparison.arms, results), "",
         "![results](results.png)", "",
     ]
     (out / "results.md").write_text("\n".join(text))
@@ -174,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"dcls-zoo compare: {len(arms)} arms x {len(seeds)} seeds = {len(plan)} fits of {comparison.fit_config.name} "
           f"into {out}" + (f", {parallel} at a time with {threads} thread(s) each" if parallel > 1 else ""),
           file=sys.stderr)
+    conditions = (f"{parallel} fits at a time, {threads} thread(s) each" if parallel > 1
+                  else f"one fit at a time, {os.cpu_count()} cores")
     results: list[RunResult] = []
     failed: list[str] = []
     to_run = []
@@ -199,15 +206,16 @@ def run(args: argparse.Namespace) -> int:
             if status != 0 or result is None:
                 failed.append(f"{arm.name}/seed{seed}")
                 log = _run_root(out, arm, seed) / "fit.log"
-                bar.write(f"{arm.name} seed {seed}: FAILED (exit {status}); the end of {log}:\n{_tail(log)}")
+                bar.write(f"{arm.name} seed {seed}: FAILED (exit {status}); the end of {log}:\n{_tail(log)}",
+                          file=sys.stderr)
             else:
                 results.append(result)
                 how = "resumed, " if resume is not None else ""
                 bar.write(f"{arm.name} seed {seed}: test top-1 {100 * result.test_top1:.2f}% "
-                          f"(best val {100 * result.best_val_top1:.2f}%) in {how}{seconds / 60:.1f} min")
+                          f"(best val {100 * result.best_val_top1:.2f}%) in {how}{seconds / 60:.1f} min", file=sys.stderr)
             bar.update()
-            _write_results(comparison, out, command, results, len(plan), failed)
-    _write_results(comparison, out, command, results, len(plan), failed)
+            _write_results(comparison, out, command, results, len(plan), failed, conditions)
+    _write_results(comparison, out, command, results, len(plan), failed, conditions)
     print(markdown_table(summarise(arms, results)))
     print(f"\nresults: {out / 'results.md'} (table, every run), {out / 'results.png'}", file=sys.stderr)
     if failed:
