@@ -280,7 +280,7 @@ def plot_comparison(arms: Sequence[Arm], results: Sequence[RunResult], title: st
     figure = Figure(figsize=(12, 4.6))
     FigureCanvasAgg(figure)
     left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
-    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.28, top=0.88, wspace=0.25)
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.2, top=0.88, wspace=0.25)
     colours = [f"C{index}" for index in range(len(arms))]
     for index, (arm, colour) in enumerate(zip(arms, colours)):
         runs = [r for r in results if r.arm == arm.name]
@@ -297,6 +297,9 @@ def plot_comparison(arms: Sequence[Arm], results: Sequence[RunResult], title: st
     left.set_ylabel("test top-1 (%)")
     left.set_title("test top-1: one dot per seed, diamond = mean ± std")
     left.grid(axis="y", alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_xlabel("completed epochs")
     right.set_ylabel("validation top-1 (%), mean over seeds")
     right.set_title("validation top-1 (raw or EMA weights, as the recipe validates)")

@@ -180,7 +180,9 @@ def test_ddp_on_two_cpu_processes_reports_metrics_over_all_ranks(tmp_path):
 
     # the checkpoint holds the EMA weights the validation used: evaluate them in one process on all 500 images
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    module = ImageClassifier("convnext_dcls_atto", num_classes=10, in_chans=1, model_kwargs={"patch_size": 2, "drop_path_rate": 0.0})
+    # the quickstart's network, rebuilt from the run's own hyper-parameters
+    module = ImageClassifier("convnext_dcls_atto", num_classes=10, in_chans=1,
+                             model_kwargs=checkpoint["hyper_parameters"]["model_kwargs"])
     module.load_state_dict(checkpoint["state_dict"])
     data = FashionMNISTDataModule(batch_size=100)
     data.setup()
