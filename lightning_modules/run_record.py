@@ -52,11 +52,9 @@ def _regularisation_phrase(trainer: pl.Trainer, module: pl.LightningModule) -> s
         parts.append(f"stochastic depth {hp.model_kwargs['drop_path_rate']:g}")
     if trainer.gradient_clip_val:
         parts.append(f"gradients clipped at norm {trainer.gradient_clip_val:g}")
-    ema = next((c for c in trainer.callbacks if isinstance(c, EMAWeightAveraging)), None)
-    if ema is not None:
-        decay = getattr(ema, "_decay", None) or getattr(ema, "decay", None)
-        parts.append("EMA of the weights" + (f" (decay {decay:g})" if isinstance(decay, float) else "")
-                     + " for validation, test and export")
+    # Lightning's EMAWeightAveraging keeps its decay inside the averaging function, not as an attribute
+    if any(isinstance(c, EMAWeightAveraging) for c in trainer.callbacks):
+        parts.append("EMA of the weights for validation, test and export")
     start = getattr(module, "repulsive_loss_start", None)
     if getattr(module, "has_positions", False):
         if start is not None:
