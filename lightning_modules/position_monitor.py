@@ -17,7 +17,9 @@ are shared) at the start of training and after every N-th epoch, and draws:
 - ``kernels.png``: per group (columns) and snapshot (rows), the mean absolute dense kernel over
   channels and blocks, on one colour scale per group across the epochs, so rows compare.
 
-Every picture is rewritten at each snapshot with the whole record so far. The spread and speed
+Every picture is redrawn with the whole record so far after every ``draw_every_n_epochs``-th
+epoch, at the end of training and when a fit stops on an exception (drawing costs seconds per
+picture set, recording a snapshot milliseconds). The spread and speed
 curves mark the epoch where the repulsive position loss joins the loss (read from the
 LightningModule's ``repulsive_loss_start``, when it has one).
 
@@ -339,14 +341,16 @@ class PositionMonitor(Callback):
     Snapshots are taken on global rank zero at ``on_train_start`` and at the end of every
     ``every_n_epochs``-th training epoch; they are labelled by the number of completed epochs
     (0: the weights fit starts from; a resumed run starts at its epoch and draws its first
-    speeds one snapshot later). At each epoch snapshot:
+    speeds one snapshot later). The pictures are drawn from the record after every
+    ``draw_every_n_epochs``-th epoch and once more at the end of training (or when the fit stops
+    on an exception) if a snapshot has come since. At each epoch snapshot:
 
     - the speed of each group, mean ``|P_now - P_previous|`` over its elements divided by the
       epochs between the two snapshots, is logged as ``positions/speed/<group>`` with
       ``pl_module.log(..., rank_zero_only=True)`` (so not usable as a ``monitor`` key) and drawn;
     - the spread of each group (:func:`position_spread`) is logged as ``positions/spread/<group>``
       (after the first epoch) and drawn;
-    - the histograms and kernel heatmaps are drawn (see the module docstring for the files).
+    - the histograms and kernel heatmaps are recorded (see the module docstring for the files).
 
     Only the previous positions, the histogram counts, the spreads and the window-sized mean
     kernels are kept, so memory stays small on long runs. They are saved in checkpoints (:meth:`state_dict`, as tensors a weights-only load
@@ -360,6 +364,9 @@ class PositionMonitor(Callback):
     Args:
         dirpath: folder of the pictures (default ``<trainer.log_dir or default_root_dir>/positions``).
         every_n_epochs: snapshot after every N-th epoch.
+        draw_every_n_epochs: redraw the pictures after every N-th epoch (an epoch with a
+            snapshot; a multiple of ``every_n_epochs`` draws with every N-th snapshot); they are
+            also drawn at the end of training.
         model_attribute: attribute of the LightningModule that holds the network.
         bins_per_unit: histogram bins per pixel of the window.
         max_hist_lines: most snapshots drawn per histogram panel.
@@ -372,19 +379,21 @@ class PositionMonitor(Callback):
         self,
         dirpath: str | Path | None = None,
         every_n_epochs: int = 1,
+        draw_every_n_epochs: int = 1,
         model_attribute: str = "model",
         bins_per_unit: int = 2,
         max_hist_lines: int = 8,
         max_kernel_rows: int = 4,
         kernels: bool = True,
     ) -> None:
-        for name, value in (("every_n_epochs", every_n_epochs), ("bins_per_unit", bins_per_unit),
+        for name, value in (("every_n_epochs", every_n_epochs), ("draw_every_n_epochs", draw_every_n_epochs),
+                            ("bins_per_unit", bins_per_unit),
                             ("max_hist_lines", max_hist_lines), ("max_kernel_rows", max_kernel_rows)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self.every_n_epochs, self.bins_per_unit, self.max_hist_lines = every_n_epochs, bins_per_unit, max_hist_lines
-        self.max_kernel_rows = max_kernel_rows
+        self.max_kernel_rows, self.draw_every_n_epochs = max_kernel_rows, draw_every_n_epochs
         self.model_attribute = model_attribute
         self.kernels = kernels
         self.groups: list[PositionGroup] = []
@@ -394,6 +403,7 @@ class PositionMonitor(Callback):
         self.kernel_history: dict[str, list[tuple[int, np.ndarray]]] = {}
         self.repulsive_start: int | None = None
         self._previous: tuple[int, dict[str, torch.Tensor]] | None = None  # (epochs, positions)
+        self._undrawn = False  # a snapshot has come since the pictures were last drawn
         self._directory = Path()  # where this fit's pictures go, resolved in setup
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -411,7 +421,7 @@ class PositionMonitor(Callback):
         self.repulsive_start = getattr(pl_module, "repulsive_loss_start", None)
         # each fit draws its own record
         self.histograms, self.speeds, self._previous = {}, {}, None
-        self.spreads, self.kernel_history = {}, {}
+        self.spreads, self.kernel_history, self._undrawn = {}, {}, False
 
     def state_dict(self) -> dict[str, Any]:
         """The record so far: histogram counts and edges (tensors), speeds, the last positions."""
@@ -452,9 +462,20 @@ class PositionMonitor(Callback):
         epochs = trainer.current_epoch + 1
         if self.groups and trainer.is_global_zero and epochs % self.every_n_epochs == 0:
             self._snapshot(trainer, pl_module, epochs)
+            if epochs % self.draw_every_n_epochs == 0:
+                self._draw(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._undrawn and trainer.is_global_zero:
+            self._draw(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # an interrupted or failed fit keeps the pictures of the epochs it completed
+        if self._undrawn and trainer.is_global_zero:
+            self._draw(trainer)
 
     def _snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs: int, log: bool = True) -> None:
-        """Record the positions after ``epochs`` epochs (speeds, spreads, histograms), then draw.
+        """Record the positions after ``epochs`` epochs (speeds, spreads, histograms, kernels).
 
         ``log``: also log the spreads (not at ``on_train_start``, outside any epoch)."""
         positions = {group.name: group.P.detach().float().cpu().clone() for group in self.groups}
@@ -466,9 +487,11 @@ class PositionMonitor(Callback):
         if self.kernels:
             for group in self.groups:
                 self.kernel_history.setdefault(group.name, []).append((epochs, mean_abs_kernel(group)))
-        self._draw(trainer, positions)
+        self._undrawn = True
 
-    def _draw(self, trainer: pl.Trainer, positions: dict[str, torch.Tensor]) -> None:
+    def _draw(self, trainer: pl.Trainer) -> None:
+        """Draw every picture from the record so far (and the latest positions' TensorBoard histograms)."""
+        self._undrawn = False
         self._directory.mkdir(parents=True, exist_ok=True)
         labels = {group.name: _axis_labels(group) for group in self.groups}
         self._publish(trainer, plot_position_histograms(self.histograms, labels, self.max_hist_lines),
@@ -480,6 +503,7 @@ class PositionMonitor(Callback):
         if self.kernels:
             self._publish(trainer, plot_kernels(self.kernel_history, self.max_kernel_rows), "kernels.png",
                           "positions/kernels")
+        _, positions = self._previous
         for experiment in self._tensorboards(trainer):
             for name, tensor in positions.items():
                 for axis, values in enumerate(tensor):

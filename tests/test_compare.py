@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 import dcls_zoo
+from lightning_modules.commands.main import main
 from lightning_modules.comparison import Arm, RunResult, load_comparison, markdown_table, plot_comparison, summarise
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,12 +167,14 @@ def test_compare_runs_every_arm_and_seed_reports_failures_and_continues(tmp_path
     assert "Status: 4 of 4 runs finished." in (out / "results.md").read_text()
 
 
-def test_compare_refuses_bad_options_before_any_fit(tmp_path):
+def test_compare_refuses_bad_options_before_any_fit(tmp_path, capsys):
     path = _write(tmp_path / "c.yaml", _valid())
-    for extra, message in ((["--arms", "nope"], "--arms: no arm nope"), (["--parallel", "0"], "--parallel must be >= 1")):
-        result = _compare(path, tmp_path / "out", *extra)
-        assert result.returncode == 2 and message in result.stderr
-    assert not (tmp_path / "out" / "runs").exists()
+    # the real command once; the other refusals through the same entry point in this process
+    result = _compare(path, tmp_path / "out", "--arms", "nope")
+    assert result.returncode == 2 and "--arms: no arm nope" in result.stderr
     bad = _write(tmp_path / "bad.yaml", _valid(seeds="0"))
-    result = _compare(bad, tmp_path / "out")
-    assert result.returncode == 2 and "seeds: must be a non-empty list of integers" in result.stderr
+    for config, extra, message in ((path, ["--parallel", "0"], "--parallel must be >= 1"),
+                                   (bad, [], "seeds: must be a non-empty list of integers")):
+        assert main(["compare", "-c", str(config), "--out", str(tmp_path / "out"), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()

@@ -351,6 +351,41 @@ def test_position_monitor_every_n_epochs_sees_the_raw_weights_under_ema(tmp_path
     assert all(not torch.allclose(final[name], p) for name, p in snapshots.snapshots[-1].items())
 
 
+class _DrawLog(PositionMonitor):
+    """A PositionMonitor that notes, at every drawing, the epochs of the record it draws."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.drawn: list[list[int]] = []
+
+    def _draw(self, trainer):
+        self.drawn.append([epochs for epochs, _, _ in self.spreads["stages.0"]])
+        super()._draw(trainer)
+
+
+class _FailsInEpoch(Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("the machine went away")
+
+
+def test_position_monitor_draws_every_n_epochs_at_the_end_and_when_the_fit_fails(tmp_path):
+    monitor = _DrawLog(draw_every_n_epochs=2)
+    trainer = _fit(tmp_path / "whole", _Classifier(position_lr=10.0), [ClampPositions(), monitor], epochs=5, batches=1)
+    # recorded after every epoch, drawn after epochs 2 and 4 and at the end (5), each time the whole record
+    assert monitor.drawn == [[0, 1, 2], [0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5]]
+    _assert_pngs(Path(trainer.log_dir) / "positions", PICTURES)
+
+    monitor = _DrawLog(draw_every_n_epochs=10, dirpath=tmp_path / "failed")
+    with pytest.raises(RuntimeError, match="went away"):
+        _fit(tmp_path / "failed_run", _Classifier(position_lr=10.0), [monitor, _FailsInEpoch(3)], epochs=5, batches=1)
+    assert monitor.drawn == [[0, 1, 2, 3]]  # the epochs it completed are drawn once, as it stops
+    _assert_pngs(tmp_path / "failed", PICTURES)
+
+
 def test_position_monitor_writes_to_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -368,6 +403,8 @@ def test_position_monitor_writes_to_tensorboard(tmp_path):
 def test_position_monitor_bad_arguments():
     with pytest.raises(ValueError, match="every_n_epochs must be an int >= 1"):
         PositionMonitor(every_n_epochs=0)
+    with pytest.raises(ValueError, match="draw_every_n_epochs must be an int >= 1, got None"):
+        PositionMonitor(draw_every_n_epochs=None)
 
 
 class _RepulsiveClassifier(_Classifier):
