@@ -345,6 +345,21 @@ def test_fashion_mnist_augmentation_is_a_flip_and_small_shift():
     assert len(seen) > 10
 
 
+def test_fashion_mnist_max_shift_zero_flips_only():
+    dm = FashionMNISTDataModule(augment=True, max_shift=0)
+    dm.setup()
+    dataset = dm.train_set
+    dataset.augment = False
+    original = dataset[3][0]
+    dataset.augment = True
+    torch.manual_seed(0)
+    draws = [dataset[3][0] for _ in range(40)]
+    flipped = sum(torch.equal(x, original.flip(-1)) for x in draws)
+    assert sum(torch.equal(x, original) for x in draws) + flipped == 40 and 5 < flipped < 35
+    assert "random horizontal flips" in dm.describe()
+    assert "shifts of up to 2 px" in FashionMNISTDataModule().describe()
+
+
 @pytest.mark.parametrize(
     "kwargs, name",
     [
@@ -354,6 +369,8 @@ def test_fashion_mnist_augmentation_is_a_flip_and_small_shift():
         ({"num_workers": -1}, "num_workers"),
         ({"val_size": 0}, "val_size"),
         ({"val_size": 6000}, "val_size"),
+        ({"max_shift": -1}, "max_shift"),
+        ({"max_shift": 1.5}, "max_shift"),
     ],
 )
 def test_fashion_mnist_rejects_bad_values(kwargs, name):

@@ -343,7 +343,7 @@ class FashionMNISTDataModule(_ImageDataModule):
     mean and std of the padded train images (``self.mean``, ``self.std``, set by ``setup``, which
     also records ``self.split_indices``: the ``"train"`` and ``"val"`` rows of the train split).
     With ``augment``, train images are flipped horizontally at random and shifted by up to
-    2 pixels. Batches: ``x`` float32 ``(B, 1, image_size, image_size)``, ``y`` int64 ``(B,)``.
+    ``max_shift`` pixels. Batches: ``x`` float32 ``(B, 1, image_size, image_size)``, ``y`` int64 ``(B,)``.
     :meth:`data_config` expresses the padding and normalisation in timm's keys, so timm's eval
     transform turns a 28x28 mode ``"L"`` image into the val/test tensor (see ``_eval_config``).
 
@@ -354,6 +354,7 @@ class FashionMNISTDataModule(_ImageDataModule):
         image_size: output height and width, >= 28.
         val_size: validation images carved (stratified by class) out of the train split.
         augment: flip + translate the train images.
+        max_shift: the largest translation, in pixels (0: flips only).
         seed: seed of the validation split.
 
     Raises:
@@ -365,7 +366,7 @@ class FashionMNISTDataModule(_ImageDataModule):
     hub_dataset = "zalando-datasets/fashion_mnist"
 
     def __init__(self, data_dir: str | None = None, batch_size: int = 128, num_workers: int = 0, image_size: int = 32,
-                 val_size: int = 500, augment: bool = True, seed: int = 0):
+                 val_size: int = 500, augment: bool = True, max_shift: int = 2, seed: int = 0):
         super().__init__(batch_size, num_workers)
         self.save_hyperparameters()
         _require(isinstance(image_size, int) and image_size >= 28, "image_size", image_size, "an integer >= 28 (images are 28x28, padded up)")
@@ -377,7 +378,9 @@ class FashionMNISTDataModule(_ImageDataModule):
                  f"an integer in [1, {num_train - 1}] (the train split has {num_train} images)")
         _require(batch_size <= num_train - val_size, "batch_size", batch_size,
                  f"<= {num_train - val_size}, the train images left after val_size={val_size}")
-        self.val_size, self.augment, self.seed = val_size, augment, seed
+        _require(isinstance(max_shift, int) and not isinstance(max_shift, bool) and max_shift >= 0, "max_shift",
+                 max_shift, "an integer >= 0 (pixels; 0: flips only)")
+        self.val_size, self.augment, self.max_shift, self.seed = val_size, augment, max_shift, seed
         self.num_classes, self.in_chans, self.image_size = len(CLASS_NAMES), 1, image_size
         self.class_names = list(CLASS_NAMES)
         self.mean: tuple[float] | None = None
@@ -395,7 +398,8 @@ class FashionMNISTDataModule(_ImageDataModule):
         source = ("Fashion-MNIST, the stratified subset embedded in dcls-zoo (from the official splits)"
                   if self.data_dir is None else f"Fashion-MNIST, the official files in {self.data_dir}")
         num_train, num_test = self._split_size("train"), self._split_size("test")
-        augment = "random flips and shifts of up to 2 px" if self.augment else "no augmentation"
+        augment = ("no augmentation" if not self.augment else "random horizontal flips" if not self.max_shift
+                   else f"random flips and shifts of up to {self.max_shift} px")
         return (f"{source}: {num_train - self.val_size:,} train / {self.val_size:,} validation (carved from the "
                 f"train split, seed {self.seed}) / {num_test:,} test images, 28x28 zero-padded to "
                 f"{self.image_size}x{self.image_size}, {augment}")
@@ -451,7 +455,8 @@ class FashionMNISTDataModule(_ImageDataModule):
 
         def subset(idx: np.ndarray, augment: bool = False) -> TensorImageDataset:
             idx = torch.from_numpy(idx)
-            return TensorImageDataset(images[idx], labels[idx], self.mean, self.std, augment=augment)
+            return TensorImageDataset(images[idx], labels[idx], self.mean, self.std, augment=augment,
+                                      max_shift=self.max_shift)
 
         test = TensorImageDataset(test_images, test_labels, self.mean, self.std)
         return subset(train_idx, self.augment), subset(val_idx), test
