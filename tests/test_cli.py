@@ -27,6 +27,8 @@ def test_quick_start_has_two_commands_and_ci_runs_the_test_one():
     assert "dcls-zoo" in main_job and "pytest" in test_command
     ci_script = (ROOT / ".ci" / "run").read_text()
     assert test_command in ci_script.splitlines()
+    # the README's command leaves the slow tests out; CI runs them as well
+    assert '-m "not slow"' in test_command and "python -m pytest -m slow" in ci_script.splitlines()
 
 
 def test_version_names_the_package_and_its_stack(capsys):
