@@ -470,9 +470,13 @@ class PositionMonitor(Callback):
             self._draw(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        # an interrupted or failed fit keeps the pictures of the epochs it completed
+        # an interrupted or failed fit keeps the pictures of the epochs it completed; a drawing that
+        # fails too (a full disk) must not replace the fit's own error, which Lightning raises next
         if self._undrawn and trainer.is_global_zero:
-            self._draw(trainer)
+            try:
+                self._draw(trainer)
+            except Exception as drawing_error:  # noqa: BLE001 - reported, the fit's error follows
+                rank_zero_warn(f"PositionMonitor: the pictures of the stopped fit were not drawn: {drawing_error!r}")
 
     def _snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epochs: int, log: bool = True) -> None:
         """Record the positions after ``epochs`` epochs (speeds, spreads, histograms, kernels).

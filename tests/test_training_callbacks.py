@@ -385,6 +385,15 @@ def test_position_monitor_draws_every_n_epochs_at_the_end_and_when_the_fit_fails
     assert monitor.drawn == [[0, 1, 2]]  # the epochs it completed are drawn once, as it stops
     _assert_pngs(tmp_path / "failed", PICTURES - {"kernels.png"})
 
+    # where the pictures cannot be written either (here: a file where their folder should be), the
+    # fit's own error is the one raised, and the drawing's failure is a warning
+    (tmp_path / "blocked").write_text("")
+    monitor = PositionMonitor(dirpath=tmp_path / "blocked", draw_every_n_epochs=10, kernels=False)
+    with pytest.warns(UserWarning, match="pictures of the stopped fit were not drawn"):
+        with pytest.raises(RuntimeError, match="went away"):
+            _fit(tmp_path / "blocked_run", _Classifier(position_lr=10.0), [monitor, _FailsInEpoch(1)], epochs=3,
+                 batches=1)
+
 
 def test_position_monitor_writes_to_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
