@@ -276,6 +276,7 @@ def plot_comparison(arms: Sequence[Arm], results: Sequence[RunResult], title: st
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(12, 4.6))
     FigureCanvasAgg(figure)
@@ -297,8 +298,6 @@ def plot_comparison(arms: Sequence[Arm], results: Sequence[RunResult], title: st
     left.set_ylabel("test top-1 (%)")
     left.set_title("test top-1: one dot per seed, diamond = mean ± std")
     left.grid(axis="y", alpha=0.3)
-    from matplotlib.ticker import MaxNLocator
-
     right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set_xlabel("completed epochs")
     right.set_ylabel("validation top-1 (%), mean over seeds")

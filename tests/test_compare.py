@@ -166,6 +166,12 @@ def test_compare_runs_every_arm_and_seed_reports_failures_and_continues(tmp_path
     assert (interrupted / "summary.json").is_file()
     assert "Status: 4 of 4 runs finished." in (out / "results.md").read_text()
 
+    # nothing left to run: the results are still written, from the finished runs alone
+    (out / "results.md").unlink()
+    done = _compare(path, out, "--arms", "dcls", "k7")
+    assert done.returncode == 0 and done.stderr.count("finished earlier") == 4, done.stderr[-3000:]
+    assert "Status: 4 of 4 runs finished." in (out / "results.md").read_text()
+
 
 def test_compare_refuses_bad_options_before_any_fit(tmp_path, capsys):
     path = _write(tmp_path / "c.yaml", _valid())

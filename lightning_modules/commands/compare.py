@@ -104,7 +104,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def _write_results(comparison: Comparison, out: Path, command: str, results: list[RunResult],
-                   planned: int, failed: list[str], conditions: str) -> None:
+                   planned: int, failed: list[str], machine: str) -> None:
     summaries = summarise(comparison.arms, results)
     arms = {arm.name: arm for arm in comparison.arms}
     status = f"{len(results)} of {planned} runs finished" + (f"; failed: {', '.join(failed)}" if failed else "")
@@ -113,7 +113,7 @@ def _write_results(comparison: Comparison, out: Path, command: str, results: lis
         f"Command: `{command}`", "",
         f"Comparison: `{comparison.path}` (fit config `{comparison.fit_config.name}`"
         + (f", with `{' '.join(comparison.fit_args)}`" if comparison.fit_args else "") + ").", "",
-        f"Machine: {machine_description()}; {conditions}.", "",
+        f"Machine: {machine}.", "",
         f"Status: {status}.", "",
         "Mean ± sample standard deviation over the seeds. Test top-1 is that of each run's checkpoint "
         "with the best validation top-1. MACs per image are counted in one forward of the trained "
@@ -179,8 +179,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"dcls-zoo compare: {len(arms)} arms x {len(seeds)} seeds = {len(plan)} fits of {comparison.fit_config.name} "
           f"into {out}" + (f", {parallel} at a time with {threads} thread(s) each" if parallel > 1 else ""),
           file=sys.stderr)
-    conditions = (f"{parallel} fits at a time, {threads} thread(s) each" if parallel > 1
-                  else f"one fit at a time, {os.cpu_count()} cores")
+    # the machine and how the fits share it, read once for every rewrite of results.md
+    machine = machine_description() + (f"; {parallel} fits at a time, {threads} thread(s) each" if parallel > 1
+                                       else f"; one fit at a time, {os.cpu_count()} cores")
     results: list[RunResult] = []
     failed: list[str] = []
     to_run = []
@@ -214,8 +215,9 @@ def run(args: argparse.Namespace) -> int:
                 bar.write(f"{arm.name} seed {seed}: test top-1 {100 * result.test_top1:.2f}% "
                           f"(best val {100 * result.best_val_top1:.2f}%) in {how}{seconds / 60:.1f} min", file=sys.stderr)
             bar.update()
-            _write_results(comparison, out, command, results, len(plan), failed, conditions)
-    _write_results(comparison, out, command, results, len(plan), failed, conditions)
+            _write_results(comparison, out, command, results, len(plan), failed, machine)
+    if not to_run:  # every run had finished earlier: the loop wrote nothing
+        _write_results(comparison, out, command, results, len(plan), failed, machine)
     print(markdown_table(summarise(arms, results)))
     print(f"\nresults: {out / 'results.md'} (table, every run), {out / 'results.png'}", file=sys.stderr)
     if failed:
