@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from dcls_zoo.machine import machine_description
 
+from .averaging import WarmupEMAWeightAveraging
 from .method import ClampPositions
 
 __all__ = ["limitations", "training_record"]
@@ -52,9 +53,11 @@ def _regularisation_phrase(trainer: pl.Trainer, module: pl.LightningModule) -> s
         parts.append(f"stochastic depth {hp.model_kwargs['drop_path_rate']:g}")
     if trainer.gradient_clip_val:
         parts.append(f"gradients clipped at norm {trainer.gradient_clip_val:g}")
-    # Lightning's EMAWeightAveraging keeps its decay inside the averaging function, not as an attribute
-    if any(isinstance(c, EMAWeightAveraging) for c in trainer.callbacks):
-        parts.append("EMA of the weights for validation, test and export")
+    for callback in trainer.callbacks:
+        if isinstance(callback, WarmupEMAWeightAveraging):
+            parts.append(callback.describe())
+        elif isinstance(callback, EMAWeightAveraging):  # Lightning's keeps its fixed decay inside its avg_fn
+            parts.append("EMA of the weights for validation, test and export (fixed decay, no warm-up)")
     start = getattr(module, "repulsive_loss_start", None)
     if getattr(module, "has_positions", False):
         if start is not None:

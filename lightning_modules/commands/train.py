@@ -29,6 +29,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from dcls_zoo.weights.fetch import PretrainedWeightsError
 
+from ..averaging import WarmupEMAWeightAveraging
 from ..callbacks import CSVMetricsResume, EpochSeed, HubPushCallback
 from ..checkpoints import load_checkpoint
 from ..data import FashionMNISTDataModule, ImageFolderDataModule, SyntheticDataModule
@@ -43,7 +44,7 @@ __all__ = ["DclsCLI", "cli_main", "run", "run_folder_of", "runs_newest_first"]
 #: Classes configs may name by their short names (``class_path: ClampPositions``): jsonargparse
 #: resolves a short name among the subclasses that are imported, so they are imported here.
 CONFIG_CLASSES = (
-    ClampPositions, SigmaSchedule, PositionMonitor, EpochSeed, HubPushCallback, CSVMetricsResume,
+    ClampPositions, SigmaSchedule, PositionMonitor, EpochSeed, HubPushCallback, CSVMetricsResume, WarmupEMAWeightAveraging,
     FashionMNISTDataModule, ImageFolderDataModule, SyntheticDataModule,
 )
 
