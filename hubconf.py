@@ -9,7 +9,7 @@
 Each entry point is ``dcls_zoo.create_model(<name>, pretrained=..., revision=..., **kwargs)``; the
 entry points are generated from the model registry, so a newly registered model appears here.
 Pretrained weights come through ``huggingface_hub`` (safetensors, checksums, ``HF_HUB_OFFLINE``),
-else the authors' released files converted on load (see ``dcls_zoo/weights/build.py``).
+else the authors' released files converted on load (see ``dcls_zoo/weights/pretrained.py``).
 
 torch.hub imports this file with the repository root on ``sys.path``; a ``dcls_zoo`` already
 imported in the calling process (an installed copy) is used instead of the checkout's.
@@ -21,7 +21,7 @@ import textwrap as _textwrap  # noqa: E402  (after `dependencies`, torch.hub's c
 
 import dcls_zoo as _dcls_zoo  # noqa: E402
 import timm as _timm  # noqa: E402
-from dcls_zoo import pretrained as _pretrained  # noqa: E402
+from dcls_zoo.weights.table import describe_weights as _describe_weights  # noqa: E402
 
 _COMMON_ARGS = """
 Args:
@@ -55,7 +55,7 @@ def _entrypoint(name: str):
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
     weights = _textwrap.fill(
-        "Weights: " + _pretrained.describe_weights(name), width=100, initial_indent=" " * 8, subsequent_indent=" " * 8
+        "Weights: " + _describe_weights(name), width=100, initial_indent=" " * 8, subsequent_indent=" " * 8
     )
     entrypoint.__doc__ = summary + "\n" + _COMMON_ARGS.format(weights=weights, name=name)
     return entrypoint

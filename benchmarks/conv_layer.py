@@ -39,7 +39,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import add_run_arguments, apply_run_arguments, best_time_seconds, machine_description  # noqa: E402
-from dcls_zoo import Dcls2d, position_bounds  # noqa: E402
+from dcls_zoo import Dcls2d  # noqa: E402
+from dcls_zoo.construct import position_bounds  # noqa: E402
 
 STAGES = ((96, 56), (192, 28), (384, 14), (768, 7))
 DEPTHS = (3, 3, 9, 3)  # ConvNeXt-T blocks per stage

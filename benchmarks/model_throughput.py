@@ -3,7 +3,7 @@
 Models are built as users build them (``timm.create_model`` / ``dcls_zoo.create_model``, NCHW
 float32 input, batch 8, 224x224) and measured interleaved (A, B, A, B, ...) so that machine noise
 hits both alike. The DCLS models get their positions spread over the whole window, as in a
-trained model (:func:`dcls_zoo.spread_model_positions_`); ``convnext_dcls_tiny (fresh)`` keeps the
+trained model (:func:`dcls_zoo.positions.spread_model_positions_`); ``convnext_dcls_tiny (fresh)`` keeps the
 initial ``N(0, 0.5)`` positions, whose elements reach only the window's centre, so the CPU layers
 convolve about 7x7 taps instead of 17x17 early in training. The targets are read on the
 trained-like models.
@@ -248,7 +248,7 @@ def main() -> None:
     models = {BASELINE: timm.create_model(BASELINE).to(device)}
     models.update({name: dcls_zoo.create_model(name).to(device) for name in TRAINED})
     for name in TRAINED:
-        dcls_zoo.spread_model_positions_(models[name])
+        dcls_zoo.positions.spread_model_positions_(models[name])
     models[FRESH] = dcls_zoo.create_model("convnext_dcls_tiny").to(device)
 
     print("  training steps ...", file=sys.stderr, flush=True)

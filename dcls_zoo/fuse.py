@@ -38,9 +38,7 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     model = model if inplace else copy.deepcopy(model)
     layers = [(path, module) for path, module in model.named_modules() if isinstance(module, DclsConvNd)]
     for path, layer in layers:
-        parent_path, _, name = path.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, name, layer.fuse())
+        model.set_submodule(path, layer.fuse())
     for owner in list(model.modules()):
         if isinstance(getattr(owner, SHARED_ATTRIBUTE, None), SharedPositionsDict):
             delattr(owner, SHARED_ATTRIBUTE)

@@ -308,6 +308,3 @@ class Dcls3d(DclsConvNd):
 
     spatial_dims = 3
 
-
-# The name earlier versions exported; kept for code that imports it.
-_DclsNd = DclsConvNd

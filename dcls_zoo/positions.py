@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .construct import position_bounds
 from .layers import DclsConvNd
-from .shared import SHARED_ATTRIBUTE, SharedPositions
+from .shared import SharedPositions
 
 __all__ = [
     "PositionOwner",
@@ -70,11 +70,35 @@ def dcls_layers(model: nn.Module) -> list[tuple[str, DclsConvNd]]:
 
 
 class PositionOwner(NamedTuple):
-    """A holder of positions: a :class:`~dcls_zoo.shared.SharedPositions` or a DCLS layer with its own."""
+    """A holder of positions: a :class:`~dcls_zoo.shared.SharedPositions` or a DCLS layer with its own.
 
+    Attributes:
+        name: what plots, logs and cards call it: its stage (``"stages.0"``, ``"layer3"``) when the
+            stage holds only this group, else its module path.
+        path: module path of the holder.
+        owner: the holder itself (it has ``P``, ``SIG`` and ``learned_kernel_size``).
+        layers: the DCLS layers whose kernels use these positions.
+    """
+
+    name: str
     path: str
     owner: SharedPositions | DclsConvNd
-    layers: tuple[DclsConvNd, ...]  # the DCLS layers whose kernels use these positions
+    layers: tuple[DclsConvNd, ...]
+
+    @property
+    def P(self) -> Tensor:
+        """The positions ``(d, *element_shape)``."""
+        return self.owner.P
+
+    @property
+    def SIG(self) -> Tensor | None:
+        """The widths (same shape as ``P``), or ``None`` for bilinear elements."""
+        return self.owner.SIG
+
+    @property
+    def window(self) -> tuple[int, ...]:
+        """The window sizes along the axes ``P`` moves in (``P[i]`` along ``window[i]``)."""
+        return tuple(self.owner.learned_kernel_size)
 
 
 def position_owners(model: nn.Module) -> list[PositionOwner]:
@@ -88,14 +112,18 @@ def position_owners(model: nn.Module) -> list[PositionOwner]:
     for path, layer in dcls_layers(model):
         owner = layer.shared_positions if layer.shared_positions is not None else layer
         found.setdefault(id(owner), (paths.get(id(owner), path), owner, []))[2].append(layer)
-    return [PositionOwner(path, owner, tuple(layers)) for path, owner, layers in found.values()]
+    stages = [stage_of(path) or path for path, _, _ in found.values()]
+    return [
+        PositionOwner(stage if stages.count(stage) == 1 else path, path, owner, tuple(layers))
+        for (path, owner, layers), stage in zip(found.values(), stages)
+    ]
 
 
 def position_parameters(model: nn.Module) -> list[Tensor]:
     """``model``'s DCLS positions and widths (every ``P`` and ``SIG``), each tensor once."""
     tensors = []
     for holder in position_owners(model):
-        tensors += [t for t in (holder.owner.P, holder.owner.SIG) if t is not None]
+        tensors += [t for t in (holder.P, holder.SIG) if t is not None]
     return tensors
 
 

@@ -32,16 +32,17 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .errors import CheckpointMismatchError, ChecksumMismatchError, UnsafeFileNameError, WeightsFileError, short_list
+
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "MODEL_PREFIXES",
-    "CheckpointMismatchError",
     "CleanedStateDict",
-    "WeightsFileError",
     "atomic_path",
     "check_state_dict",
     "clean_state_dict",
+    "confined_path",
     "load_state_dict_strict",
     "load_torch_file",
     "read_safetensors",
@@ -49,7 +50,7 @@ __all__ = [
     "save_safetensors",
     "select_weights",
     "sha256_file",
-    "short_list",
+    "verify_sha256",
 ]
 
 #: The weights file of an export directory and of our Hub repos (safetensors only).
@@ -64,39 +65,6 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _CHUNK = 1 << 20
 
 
-class WeightsFileError(ValueError):
-    """A weights file that cannot be read safely (the message names the file and what is wrong)."""
-
-
-class CheckpointMismatchError(ValueError):
-    """A state dict that does not fit a model: ``missing``, ``unexpected`` and ``mismatched`` keys."""
-
-    def __init__(
-        self,
-        missing: list[str],
-        unexpected: list[str],
-        mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
-        what: str = "checkpoint",
-    ) -> None:
-        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {short_list(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {short_list(unexpected)}")
-        if mismatched:
-            shapes = [f"{key} (checkpoint {list(got)}, model {list(want)})" for key, got, want in mismatched]
-            parts.append(f"shape mismatches ({len(mismatched)}): {short_list(shapes)}")
-        super().__init__(f"{what} does not fit the model: " + "; ".join(parts))
-
-
-def short_list(items: Iterable[str], limit: int = 12) -> str:
-    """``"a, b, c, ... and 9 more"``: the first ``limit`` items."""
-    items = list(items)
-    shown = ", ".join(items[:limit])
-    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
-
-
 # --------------------------------------------------------------------------------------------
 # reading
 
@@ -108,6 +76,61 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := file.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def verify_sha256(
+    path: str | os.PathLike[str], expected: str | None, source: str, advice: str = "Delete it to download it again."
+) -> None:
+    """Raise :class:`~dcls_zoo.errors.ChecksumMismatchError` unless ``path`` has sha256 ``expected``
+    (``None``: no check).
+
+    ``advice`` ends the message (a downloaded file can be fetched again; an export must be rewritten).
+    """
+    if expected is None:
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ChecksumMismatchError(
+            f"sha256 mismatch for {source}: the file {os.fspath(path)} has sha256 {actual}; its record (weights "
+            f"table or export config) names {expected}. The file is truncated, corrupted or not the published one; "
+            f"it is not loaded. {advice}"
+        )
+
+
+def plain_file_name(name: str, origin: str) -> str:
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or os.sep in name
+        or (os.altsep and os.altsep in name)
+    ):
+        raise UnsafeFileNameError(
+            f"refusing the file name {name!r} from {origin}: a file named by a download or a config must have a "
+            "plain name (no path separator, no '..'), so that it stays in its directory"
+        )
+    return name
+
+
+def confined_path(directory: str | os.PathLike[str], name: str, origin: str = "a download") -> Path:
+    """``directory / name``, after checking that ``name`` is a plain file name and that the resolved
+    path is inside the resolved ``directory``.
+
+    Every file read or written under a name this project did not choose (a URL's file name, a Hub
+    file name, a name an export's config records) goes through here.
+
+    Raises:
+        UnsafeFileNameError: a name with a separator, ``..`` or a NUL, or one that resolves outside
+            (e.g. through a symlink planted in the directory).
+    """
+    directory = Path(directory)
+    path = directory / plain_file_name(name, origin)
+    resolved_directory = directory.resolve()
+    if path.resolve().parent != resolved_directory:
+        raise UnsafeFileNameError(f"refusing {path} (from {origin}): it resolves outside {resolved_directory}")
+    return path
 
 
 def load_torch_file(

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
+from typing_extensions import override
 
 from dcls_zoo.hub import push_to_hub
 
@@ -58,6 +59,7 @@ class EpochSeed(Callback):
         base = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         return (base * 1_000_003 + epoch * 1_009 + rank) % 2**32
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seed = self.epoch_seed(trainer.current_epoch, trainer.global_rank)
         random.seed(seed)
@@ -117,6 +119,7 @@ class CSVMetricsResume(Callback):
                 warnings.filterwarnings("ignore", message=".*Previous log files in this directory will be deleted.*")
                 logger.experiment  # noqa: B018 (opening the writer deletes the file: its rows are held above)
 
+    @override
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         if not trainer.is_global_zero:  # only rank zero writes logs (and the checkpoint)
             return
@@ -136,6 +139,7 @@ class CSVMetricsResume(Callback):
             "epoch_done": batches.completed >= trainer.num_training_batches or epochs.processed > epochs.completed,
         }
 
+    @override
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get(self.CHECKPOINT_KEY)
         if not saved:
@@ -198,10 +202,12 @@ class HubPushCallback(Callback):
         self.model_card = dict(model_card or {})
         self.pushed: list[Path] = []  # exports uploaded by this run, in order
 
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self._push(trainer, pl_module, f"epoch={trainer.current_epoch}", trainer.current_epoch + 1)
 
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._push(trainer, pl_module, "final", trainer.current_epoch)  # the counter moved past the last epoch
 

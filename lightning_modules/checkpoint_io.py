@@ -22,8 +22,10 @@ import os
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from typing_extensions import override
 
 from dcls_zoo.state_dicts import atomic_path
 
@@ -33,8 +35,9 @@ __all__ = ["AtomicCheckpointIO"]
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local writes are atomic in the checkpoint's own directory."""
 
+    @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None or not _is_local_file_protocol(path):
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)  # serialise first: a failure here touches no file

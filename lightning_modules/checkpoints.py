@@ -33,6 +33,8 @@ from typing import Any
 from torch import Tensor, nn
 
 import dcls_zoo
+from dcls_zoo.errors import PretrainedWeightsError
+from dcls_zoo.export_format import export_state_dict, without_weight_sources
 from dcls_zoo.hub import save_pretrained
 from dcls_zoo.names import SOURCE_PREFIXES
 from dcls_zoo.state_dicts import (
@@ -42,8 +44,6 @@ from dcls_zoo.state_dicts import (
     load_torch_file,
     select_weights,
 )
-from dcls_zoo.weights.build import export_state_dict, without_weight_sources
-from dcls_zoo.weights.fetch import PretrainedWeightsError
 
 __all__ = [
     "EXPORT_KEY",
@@ -155,7 +155,8 @@ def _source_state_dict(source: str, arch: str) -> tuple[dict[str, Tensor], str]:
         return clean_state_dict(state).state_dict, f"{path} ({description})"
     if path.is_dir():
         try:
-            return export_state_dict(path)
+            state, _, description = export_state_dict(path)
+            return state, description
         except (FileNotFoundError, PretrainedWeightsError) as error:
             raise ValueError(f"pretrained={source!r}: {error}") from error
     if source.startswith(("hf-hub:", "hf_hub:")):

@@ -20,7 +20,6 @@ one :class:`ArmSummary` per arm (mean and standard deviation over the seeds);
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -29,6 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from dcls_zoo.figures import new_figure
+
+from .runs import RunSummary
 
 __all__ = [
     "Arm",
@@ -186,16 +189,12 @@ def _validation_curve(metrics_csv: Path) -> tuple[tuple[int, float], ...]:
 def read_run(run_dir: str | Path, arm: str, seed: int) -> RunResult | None:
     """The result of a finished run (its ``summary.json`` has a test top-1), else ``None``."""
     run_dir = Path(run_dir)
-    summary_path = run_dir / "summary.json"
-    if not summary_path.is_file():
-        return None
-    summary = json.loads(summary_path.read_text())
-    needed = ("test/top1", "best_val/top1", "fit_seconds", "params", "macs_per_image")
-    if any(key not in summary for key in needed):
+    summary = RunSummary.read(run_dir)
+    if summary is None or None in (summary.test_top1, summary.best_val_top1, summary.params, summary.macs_per_image):
         return None
     return RunResult(
-        arm, seed, float(summary["test/top1"]), float(summary["best_val/top1"]), float(summary["fit_seconds"]),
-        int(summary["params"]), int(summary["macs_per_image"]), _validation_curve(run_dir / "metrics.csv"),
+        arm, seed, float(summary.test_top1), float(summary.best_val_top1), float(summary.fit_seconds),
+        int(summary.params), int(summary.macs_per_image), _validation_curve(run_dir / "metrics.csv"),
     )
 
 
@@ -274,12 +273,9 @@ def plot_comparison(arms: Sequence[Arm], results: Sequence[RunResult], title: st
 
     Returns a matplotlib ``Figure`` (drawn without pyplot).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(12, 4.6))
-    FigureCanvasAgg(figure)
+    figure = new_figure(12, 4.6)
     left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
     figure.subplots_adjust(left=0.07, right=0.98, bottom=0.2, top=0.88, wspace=0.25)
     colours = [f"C{index}" for index in range(len(arms))]

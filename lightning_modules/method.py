@@ -19,12 +19,24 @@ import torch
 from lightning.pytorch.callbacks import Callback, WeightAveraging
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+from typing_extensions import override
 
-from dcls_zoo.positions import clamp_model_positions_, dcls_layers
+from dcls_zoo.positions import PositionOwner, clamp_model_positions_, dcls_layers, position_owners
 
-from .position_monitor import PositionGroup, network_of, position_groups
+__all__ = ["ClampPositions", "SigmaSchedule", "network_of"]
 
-__all__ = ["ClampPositions", "SigmaSchedule"]
+
+def network_of(pl_module: pl.LightningModule, attribute: str, caller: str) -> nn.Module:
+    """The network the LightningModule holds as ``attribute``, or an error naming the fix."""
+    network = getattr(pl_module, attribute, None)
+    if not isinstance(network, nn.Module):
+        found = "has no attribute" if network is None else f"holds a {type(network).__name__} as"
+        raise MisconfigurationException(
+            f"{caller}: {type(pl_module).__name__} {found} {attribute!r}; pass model_attribute=<the name of the "
+            f"attribute that holds the network>"
+        )
+    return network
 
 
 class ClampPositions(Callback):
@@ -49,6 +61,7 @@ class ClampPositions(Callback):
         self.model_attribute = model_attribute
         self._warned_no_layers = False
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -132,7 +145,7 @@ class SigmaSchedule(Callback):
         self.start, self.end, self.end_epoch = float(start), float(end), end_epoch
         self.interval, self.shape = interval, shape
         self.model_attribute = model_attribute
-        self.groups: list[PositionGroup] = []  # the distinct SIG tensors, found in setup
+        self.groups: list[PositionOwner] = []  # the distinct SIG tensors, found in setup
         self._requires_grad: list[bool] = []
 
     def width_at(self, epochs: float) -> float:
@@ -142,11 +155,12 @@ class SigmaSchedule(Callback):
             progress = (1.0 - math.cos(math.pi * progress)) / 2.0
         return self.start + (self.end - self.start) * progress
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         network = network_of(pl_module, self.model_attribute, type(self).__name__)
-        self.groups = [group for group in position_groups(network) if group.SIG is not None]
+        self.groups = [group for group in position_owners(network) if group.SIG is not None]
         if not self.groups:
             raise MisconfigurationException(
                 f"SigmaSchedule: {type(pl_module).__name__}.{self.model_attribute} ({type(network).__name__}) has no "
@@ -164,6 +178,7 @@ class SigmaSchedule(Callback):
         for group in self.groups:
             group.SIG.requires_grad_(False)
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -195,9 +210,11 @@ class SigmaSchedule(Callback):
             group.SIG.fill_(width - group.owner.interpolation.sigma_offset)
         return width
 
+    @override
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.apply(trainer)  # validation before training sees the width training starts with
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.interval == "step" and not trainer.num_training_batches < math.inf:
             raise MisconfigurationException(
@@ -205,10 +222,12 @@ class SigmaSchedule(Callback):
                 "dataloader has no length; use interval='epoch' or a sized dataloader."
             )
 
+    @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.interval == "epoch":
             self.apply(trainer)
 
+    @override
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if self.interval == "step":
             self.apply(trainer)

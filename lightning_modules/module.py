@@ -24,16 +24,18 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 import dcls_zoo
+from dcls_zoo.export_format import refuse_weight_sources, without_weight_sources
 from dcls_zoo.names import SOURCE_PREFIXES
 from dcls_zoo.positions import position_owners
 from dcls_zoo.regularizers import repulsive_loss
 from dcls_zoo.state_dicts import clean_state_dict
-from dcls_zoo.weights.build import WEIGHT_SOURCE_ARGUMENTS, without_weight_sources
 
 from .checkpoints import EXPORT_KEY, load_checkpoint, load_pretrained_weights, select_weights
 from .optim import WarmupCosine, parameter_groups, upgrade_scheduler_state, warmup_cosine_scheduler
+from .runs import written_checkpoints
 
 __all__ = ["ImageClassifier", "NonFiniteLossError", "restoring_from_checkpoint"]
 
@@ -143,13 +145,8 @@ class ImageClassifier(pl.LightningModule):
                 log.warning("ignoring pretrained=%r from the checkpoint: its own weights are loaded instead", pretrained)
                 pretrained = None
         else:
-            sources = sorted(set(model_kwargs) & set(WEIGHT_SOURCE_ARGUMENTS))
-            if sources:
-                raise ValueError(
-                    f"model_kwargs: {', '.join(sources)} would load weights inside the model's constructor; give the "
-                    "weights to fine-tune from as pretrained=... (--model.pretrained: a tag, an export directory, "
-                    "a .ckpt or hf-hub:org/name)"
-                )
+            refuse_weight_sources(model_kwargs, "model_kwargs", "give the weights to fine-tune from as pretrained=... "
+                                  "(a tag, an export directory, a .ckpt or hf-hub:org/name)")
         self.model = dcls_zoo.create_model(arch, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
         if pretrained:
             rank_zero_info(f"pretrained weights: {load_pretrained_weights(self.model, pretrained, arch)}")
@@ -194,10 +191,12 @@ class ImageClassifier(pl.LightningModule):
 
     # ---------------------------------------------------------------- forward and losses
 
+    @override
     def forward(self, images: Tensor) -> Tensor:
         """``(B, in_chans, H, W)`` -> logits ``(B, num_classes)``."""
         return self.model(images)
 
+    @override
     def setup(self, stage: str) -> None:
         # One image at the data's size: Lightning's model summary counts the FLOPs with it (the
         # column shows 0 without), and an image size from the data, not the model's 224 default.
@@ -207,10 +206,12 @@ class ImageClassifier(pl.LightningModule):
         if stage == "fit" and self.hparams.compile:
             self.model.compile()  # in place: state-dict keys keep their names
 
+    @override
     def on_train_start(self) -> None:
         self.val_metrics.reset()  # drop the sanity check's batches
         self.val_loss.reset()
 
+    @override
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch
         targets = labels
@@ -272,12 +273,7 @@ class ImageClassifier(pl.LightningModule):
     def _last_good_checkpoint(self, images: Tensor, targets: Tensor) -> Path | None:
         """The newest checkpoint of this run whose weights (raw and averaged) are finite and give a
         finite loss on ``images`` (a blown-up but finite checkpoint would fail again at once)."""
-        written: set[str] = set()
-        for callback in self.trainer.checkpoint_callbacks:  # every file the run keeps, newest first
-            written.update(str(p) for p in getattr(callback, "best_k_models", {}))
-            written.update(getattr(callback, attr, "") for attr in ("last_model_path", "best_model_path"))
-        candidates = sorted((Path(p) for p in written if p and Path(p).is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
-        for path in candidates:
+        for path in written_checkpoints(self.trainer):
             try:
                 checkpoint = load_checkpoint(path)
                 raw, _ = select_weights(checkpoint, ema=False)
@@ -303,16 +299,19 @@ class ImageClassifier(pl.LightningModule):
         loss_metric.update(F.cross_entropy(logits, labels))
         metrics.update(logits, labels)
 
+    @override
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, self.val_loss)
         self.log_dict(self.val_metrics, on_epoch=True, prog_bar=True)
         self.log("val/loss", self.val_loss, on_epoch=True)
 
+    @override
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics, self.test_loss)
         self.log_dict(self.test_metrics, on_epoch=True)
         self.log("test/loss", self.test_loss, on_epoch=True)
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         """Returns ``{"probabilities": (B, num_classes), "predictions": (B,)}`` (and ``labels`` when given)."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -324,6 +323,7 @@ class ImageClassifier(pl.LightningModule):
 
     # ---------------------------------------------------------------- optimisation
 
+    @override
     def configure_optimizers(self) -> dict[str, Any]:
         groups = parameter_groups(self.model, self.hparams.position_lr_scale)
         optimizer = self._injected.optimizer(groups)
@@ -340,6 +340,7 @@ class ImageClassifier(pl.LightningModule):
         with restoring_from_checkpoint():
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what an export of this checkpoint needs (``dcls-zoo export CKPT`` reads it): the
         class names, the evaluation preprocessing and the dataset from the DataModule, and the
@@ -360,6 +361,7 @@ class ImageClassifier(pl.LightningModule):
                 metadata["metrics"] = {**metrics, "epoch": trainer.current_epoch}
         checkpoint[EXPORT_KEY] = metadata
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         for state in checkpoint.get("lr_schedulers", []):
             upgrade_scheduler_state(state)

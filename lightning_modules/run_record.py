@@ -19,6 +19,7 @@ from dcls_zoo.machine import machine_description
 
 from .averaging import WarmupEMAWeightAveraging
 from .method import ClampPositions
+from .runs import RunSummary
 
 __all__ = ["limitations", "training_record"]
 
@@ -68,7 +69,7 @@ def _regularisation_phrase(trainer: pl.Trainer, module: pl.LightningModule) -> s
 
 
 def training_record(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule,
-                    summary: Mapping[str, Any]) -> dict[str, str]:
+                    summary: RunSummary) -> dict[str, str]:
     """The run as ``setting -> sentence`` (the model card's Training table).
 
     ``summary``: what :func:`lightning_modules.commands.after_fit.finish_fit` gathered (epochs,
@@ -78,31 +79,30 @@ def training_record(trainer: pl.Trainer, module: pl.LightningModule, datamodule:
     describe = getattr(datamodule, "describe", None)
     record = {
         "data": describe() if callable(describe) else type(datamodule).__name__,
-        "epochs": f"{summary.get('epochs')} ({summary.get('global_steps')} optimizer steps"
+        "epochs": f"{summary.epochs} ({summary.global_steps} optimizer steps"
         + (f", batch {batch_size}" if batch_size else "") + ")",
         "optimizer": _optimizer_phrase(trainer, module),
         "schedule": _schedule_phrase(module.hparams),
         "regularisation": _regularisation_phrase(trainer, module),
         "precision": str(trainer.precision),
         "seed": os.environ.get("PL_GLOBAL_SEED", "not set"),
-        "fit time": f"{float(summary.get('fit_seconds', 0)) / 60:.1f} min on {trainer.num_devices} "
+        "fit time": f"{float(summary.fit_seconds or 0) / 60:.1f} min on {trainer.num_devices} "
         f"{trainer.accelerator.__class__.__name__.replace('Accelerator', '')} device(s); {machine_description()}",
     }
-    selected = summary.get("best_checkpoint") or summary.get("last_checkpoint")
-    if selected:
-        which = "the best validation epoch" if summary.get("best_checkpoint") else "the last epoch"
-        weights = summary.get("tested_weights")
-        record["weights"] = f"{which} ({os.path.basename(str(selected))})" + (f", {weights}" if weights else "")
+    if summary.checkpoint:
+        which = "the best validation epoch" if summary.checkpoint_kind == "best" else "the last epoch"
+        weights = summary.tested_weights
+        record["weights"] = f"{which} ({os.path.basename(summary.checkpoint)})" + (f", {weights}" if weights else "")
     return record
 
 
-def limitations(datamodule: pl.LightningDataModule, summary: Mapping[str, Any]) -> list[str]:
+def limitations(datamodule: pl.LightningDataModule, summary: RunSummary) -> list[str]:
     """Sentences on how far the run's numbers go (the model card's Limitations section).
 
     ``summary``: as for :func:`training_record` (``test/top1`` and ``test_images`` when tested).
     """
     notes = []
-    top1, test_set = summary.get("test/top1"), summary.get("test_images")
+    top1, test_set = summary.test_top1, summary.test_images
     if isinstance(top1, (int, float)) and isinstance(test_set, int) and test_set > 0:
         error = math.sqrt(max(top1 * (1 - top1), 0.0) / test_set)
         notes.append(f"The test top-1 comes from {test_set:,} images: its binomial standard error is about "

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lightning_modules.commands.main import main
-from lightning_modules.commands.train import run_folder_of
+from lightning_modules.runs import run_folder_of
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")

@@ -1,4 +1,4 @@
-"""Converting the authors' ConvNeXt-dcls checkpoints (``dcls_zoo.convert`` and ``dcls-zoo convert``).
+"""Converting the authors' ConvNeXt-dcls checkpoints (``dcls_zoo.weights.official`` and ``dcls-zoo convert``).
 
 The authors' model is rebuilt here in their layout (facebook ConvNeXt names, ``Block.dwconv`` an
 official ``dcls`` 0.1.1 ``Dcls2d``, one ``P`` (and ``SIG``) Parameter per stage assigned to every
@@ -28,11 +28,11 @@ from torch import nn
 DCLS_modules = pytest.importorskip("DCLS.construct.modules")
 
 import dcls_zoo  # noqa: E402
-from dcls_zoo.convert import (  # noqa: E402
-    CheckpointMismatchError,
+from dcls_zoo.errors import CheckpointMismatchError  # noqa: E402
+from dcls_zoo.state_dicts import load_state_dict_strict as load_checkpoint_strict  # noqa: E402
+from dcls_zoo.weights.official import (  # noqa: E402
     convert_official_checkpoint,
     is_converted,
-    load_checkpoint_strict,
     official_checkpoint_filter,
 )
 from lightning_modules.commands.main import main  # noqa: E402

@@ -197,7 +197,7 @@ def test_registered_in_timm_and_listed():
                  "convnext_tiny_dil2", "convnext_tiny_k17", "convnext_dcls_atto", "convnext_k7_atto"):
         assert name in names and timm.is_model(name)
     model = timm.create_model("convnext_dcls_atto", num_classes=3)
-    assert isinstance(model, dcls_zoo.ConvNeXtDcls) and model.head.fc.out_features == 3
+    assert isinstance(model, dcls_zoo.models.ConvNeXtDcls) and model.head.fc.out_features == 3
     cfg = timm.models.get_pretrained_cfg("convnext_dcls_tiny.in1k")
     assert cfg.url.endswith("convnext_dcls_tiny_1k_224_ema.pth") and "zenodo" in cfg.url
 

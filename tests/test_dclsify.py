@@ -13,9 +13,10 @@ from torch import nn
 
 import dcls_zoo.layers
 import dcls_zoo.shared
-from dcls_zoo import position_bounds
+from dcls_zoo.construct import position_bounds
 from dcls_zoo.layers import Dcls2d, DclsConvNd
-from dcls_zoo.models import clamp_model_positions_, dclsify, stage_of
+from dcls_zoo.models import dclsify
+from dcls_zoo.positions import clamp_model_positions_, stage_of
 from dcls_zoo.shared import SharedPositions
 
 

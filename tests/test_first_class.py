@@ -18,6 +18,7 @@ from timm.layers import create_feature_extractor, get_graph_node_names
 from torch import nn
 
 import dcls_zoo
+import dcls_zoo.weights.official
 from dcls_zoo import Dcls1d, Dcls2d, Dcls3d, dcls_conv, fuse
 from lightning_modules.optim import WarmupCosine, parameter_groups, upgrade_scheduler_state, warmup_cosine_scheduler
 
@@ -28,7 +29,7 @@ SMALL = ["convnext_dcls_atto", "convnext_dcls_gauss_tiny", "convnext_k7_atto", "
 def _model(name: str) -> nn.Module:
     torch.manual_seed(0)
     model = dcls_zoo.create_model(name, num_classes=7).eval()
-    dcls_zoo.spread_model_positions_(model)  # positions all over the window, as trained
+    dcls_zoo.positions.spread_model_positions_(model)  # positions all over the window, as trained
     return model
 
 
@@ -104,7 +105,7 @@ def test_resnet_reparameterize_keeps_the_stage_sequence_working():
 def test_onnx_export_of_an_unfused_model(tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     layer = Dcls2d(4, 4, 5, 9, padding="same", groups=4, version="bilinear").eval()
-    dcls_zoo.spread_model_positions_(layer)
+    dcls_zoo.positions.spread_model_positions_(layer)
     x = torch.randn(1, 4, 12, 12)
     path = tmp_path / "dcls.onnx"
     with warnings.catch_warnings():
@@ -121,9 +122,8 @@ def test_onnx_export_of_an_unfused_model(tmp_path):
 
 
 def test_convert_official_checkpoint_at_top_level():
-    import dcls_zoo.convert
 
-    assert dcls_zoo.convert_official_checkpoint is dcls_zoo.convert.convert_official_checkpoint
+    assert dcls_zoo.convert_official_checkpoint is dcls_zoo.weights.official.convert_official_checkpoint
     assert "convert_official_checkpoint" in dcls_zoo.__all__
 
 
@@ -249,16 +249,7 @@ def _imports(path: pathlib.Path) -> list[tuple[str, bool]]:
     return found
 
 
-LOWER_ROOMS = ["construct", "backends", "functional", "scripting", "layers", "shared", "positions", "fuse",
-               "regularizers"]
-
-
-@pytest.mark.parametrize("room", LOWER_ROOMS)
-def test_layer_rooms_import_downward_only_and_at_module_level(room):
-    for module, top_level in _imports(PACKAGE / f"{room}.py"):
-        assert top_level, f"dcls_zoo/{room}.py imports {module} inside a function"
-        assert not module.startswith(("dcls_zoo.models", "dcls_zoo.hub", "dcls_zoo.pretrained", "lightning_modules")), \
-            f"dcls_zoo/{room}.py imports up into {module}"
+# The import graph as a whole (no cycle, no upward or hidden import): tests/test_import_graph.py.
 
 
 def test_nothing_imports_the_private_positions_helpers_of_the_zoo():

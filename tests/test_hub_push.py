@@ -24,7 +24,8 @@ import yaml
 from safetensors import safe_open
 
 import dcls_zoo
-from dcls_zoo.hub import PICKLE_SUFFIXES, HubUnreachableError, PushError
+from dcls_zoo.errors import HubUnreachableError, PushError
+from dcls_zoo.export_format import PICKLE_SUFFIXES
 from dcls_zoo.state_dicts import clean_state_dict
 from fake_hub import FakeHub
 from lightning_modules import checkpoints
@@ -122,10 +123,11 @@ def test_save_pretrained_round_trip_through_local_dir(model, images, tmp_path):
     assert keys == set(model.state_dict())
     positions = sorted(k for k in keys if k.endswith(".P"))
     assert positions == [f"stages.{i}.dcls_shared.conv_dw.P" for i in range(4)]  # once per stage
-    assert metadata["architecture"] == ARCH
-    assert metadata["dcls_zoo_version"] == dcls_zoo.__version__
-    assert metadata["torch_version"] == torch.__version__
-    assert json.loads(metadata["dcls_settings"])["window"] == "17x17"
+    assert set(metadata) == {"dcls_zoo"}  # one entry: the same weights give the same bytes
+    record = json.loads(metadata["dcls_zoo"])["provenance"]
+    assert record["architecture"] == ARCH
+    assert record["versions"] == {"dcls_zoo": dcls_zoo.__version__, "torch": torch.__version__, "timm": timm.__version__}
+    assert record["dcls_settings"]["window"] == "17x17"
 
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == ARCH and config["num_classes"] == 5
@@ -157,7 +159,7 @@ def test_save_pretrained_refuses_what_it_cannot_rebuild(model, tmp_path):
     with pytest.raises(ValueError, match="dclsify"):
         dcls_zoo.save_pretrained(plain, tmp_path / "a")
     with pytest.raises(ValueError, match="create_model"):
-        dcls_zoo.save_pretrained(dcls_zoo.ConvNeXtDcls(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)), tmp_path / "b")
+        dcls_zoo.save_pretrained(dcls_zoo.models.ConvNeXtDcls(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64)), tmp_path / "b")
     with pytest.raises(ValueError, match="unknown model_card keys"):
         dcls_zoo.save_pretrained(model, tmp_path / "c", model_card={"datasets": "cifar10"})
     with pytest.raises(ValueError, match="label_names"):

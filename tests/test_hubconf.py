@@ -89,7 +89,7 @@ def test_help_shows_a_real_docstring(hub_dir):
 
 def test_load_from_the_github_path(hub_dir):
     model = torch.hub.load(GITHUB, "convnext_dcls_atto", num_classes=10, trust_repo=True, verbose=False)
-    assert isinstance(model, dcls_zoo.ConvNeXtDcls) and model.head.fc.out_features == 10
+    assert isinstance(model, dcls_zoo.models.ConvNeXtDcls) and model.head.fc.out_features == 10
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     with pytest.raises(RuntimeError, match="Cannot find callable convnext_dcls_huge in hubconf"):

@@ -137,7 +137,7 @@ def trained_like_model():
     model = dcls_zoo.create_model("convnext_dcls_atto", num_classes=10, stem="small", ls_init_value=1.0)
     with torch.no_grad():  # spread positions and weights as after training
         for module in model.modules():
-            if isinstance(module, dcls_zoo.SharedPositions):
+            if isinstance(module, dcls_zoo.shared.SharedPositions):
                 module.P.uniform_(-8, 8)
     return model.eval()
 

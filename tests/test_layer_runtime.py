@@ -13,7 +13,6 @@ from torch import nn
 
 import dcls_zoo
 from dcls_zoo import Dcls1d, Dcls2d, Dcls3d, dcls_conv, fuse
-from dcls_zoo.backends import use_backend
 
 LAYERS = {1: Dcls1d, 2: Dcls2d, 3: Dcls3d}
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -266,7 +265,7 @@ def test_nan_positions_loaded_from_a_file_are_named(tmp_path):
 def test_nan_taps_never_index_out_of_range():
     """Where the layers do not check (GPUs), NaN positions give NaN kernels, not bad indices."""
     positions = torch.tensor([[[float("nan"), 0.3]], [[0.2, float("nan")]]])
-    kernel = dcls_zoo.construct_kernel(torch.ones(1, 2), positions, None, (5, 5), "bilinear")
+    kernel = dcls_zoo.construct.construct_kernel(torch.ones(1, 2), positions, None, (5, 5), "bilinear")
     assert kernel.shape == (1, 5, 5) and torch.isnan(kernel).any()
 
 
@@ -290,7 +289,7 @@ def test_too_wide_reflect_or_circular_padding_is_refused_wherever_the_positions_
     layer = Dcls2d(2, 2, 3, 2 * padding + 1, padding=padding, padding_mode=padding_mode, groups=2,
                    version="bilinear")
     if spread:
-        dcls_zoo.spread_model_positions_(layer)
+        dcls_zoo.positions.spread_model_positions_(layer)
     else:  # every element at the centre: the crop would need no padding at all
         with torch.no_grad():
             layer.P.zero_()
@@ -358,7 +357,7 @@ def test_shared_footprints_hold_no_graph_after_backward():
 
 def test_eval_cache_sees_data_edits_of_shared_positions():
     """A .data edit bumps no version: the cached kernel of every layer of the group must follow."""
-    shared = dcls_zoo.SharedPositions((4, 1, 5), (9, 9), "gauss")
+    shared = dcls_zoo.shared.SharedPositions((4, 1, 5), (9, 9), "gauss")
     first, second = (Dcls2d(4, 4, 5, 9, padding="same", groups=4, version="gauss", shared_positions=shared).eval()
                      for _ in range(2))
     x = torch.randn(1, 4, 10, 10)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from dcls_zoo import Dcls1d, Dcls2d, Dcls3d, axis_footprints, construct_kernel, kernel_from_footprints
+from dcls_zoo import Dcls1d, Dcls2d, Dcls3d
+from dcls_zoo.construct import axis_footprints, construct_kernel, kernel_from_footprints
 
 LAYERS = {1: Dcls1d, 2: Dcls2d, 3: Dcls3d}
 CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}

@@ -35,7 +35,8 @@ import torch
 
 DCLS_modules = pytest.importorskip("DCLS.construct.modules")
 
-from dcls_zoo import Dcls1d, Dcls2d, construct_kernel  # noqa: E402
+from dcls_zoo import Dcls1d, Dcls2d  # noqa: E402
+from dcls_zoo.construct import construct_kernel  # noqa: E402
 
 OfficialDcls1d = DCLS_modules.Dcls1d
 OfficialDcls2d = DCLS_modules.Dcls2d

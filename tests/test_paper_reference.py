@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcls_zoo import Dcls1d, Dcls2d, Dcls3d, construct_kernel
+from dcls_zoo import Dcls1d, Dcls2d, Dcls3d
+from dcls_zoo.construct import construct_kernel
 
 LAYERS = {1: Dcls1d, 2: Dcls2d, 3: Dcls3d}
 VERSIONS = ("bilinear", "triangle", "gauss")

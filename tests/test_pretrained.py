@@ -1,4 +1,4 @@
-"""``pretrained=True``: the Hub repo first, the authors' file as fallback, checksums, offline (dcls_zoo.pretrained).
+"""``pretrained=True``: the Hub repo first, the authors' file as fallback, checksums, offline (dcls_zoo.weights.pretrained).
 
 Nothing here leaves the machine: a guard refuses every non-loopback connection and name lookup,
 the Hugging Face endpoint points at a loopback ``http.server`` (a few Hub ``resolve`` answers
@@ -33,16 +33,11 @@ from safetensors.torch import save_file
 from huggingface_hub import constants as hf_constants
 
 import dcls_zoo
-from dcls_zoo import pretrained as pretrained_mod
-from dcls_zoo.pretrained import (
-    PRETRAINED_WEIGHTS,
-    ChecksumMismatchError,
-    PretrainedWeights,
-    PretrainedWeightsError,
-    fetch_pretrained,
-    get_pretrained_weights,
-    load_pretrained_state_dict,
-)
+from dcls_zoo.errors import ChecksumMismatchError, PretrainedWeightsError
+from dcls_zoo.state_dicts import sha256_file
+from dcls_zoo.weights import table
+from dcls_zoo.weights.pretrained import ZENODO_URL_ENV, fetch_pretrained, load_pretrained_state_dict
+from dcls_zoo.weights.table import PRETRAINED_WEIGHTS, PretrainedWeights, get_pretrained_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(depths=(2, 1, 1, 2), dims=(16, 32, 48, 64))
@@ -175,7 +170,7 @@ def caches(tmp_path, monkeypatch, server):
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     set_endpoint(monkeypatch, server.url)
     monkeypatch.setattr(torch.hub, "_hub_dir", str(torch_dir))
-    monkeypatch.setenv(pretrained_mod.ZENODO_URL_ENV, server.url + "/zenodo/")
+    monkeypatch.setenv(ZENODO_URL_ENV, server.url + "/zenodo/")
     return dict(hf=hf_cache, downloads=torch_dir / "checkpoints")
 
 
@@ -276,7 +271,7 @@ def set_row(monkeypatch, key: str, **changes) -> None:
 
 
 def test_table_rows_are_registered_and_consistent():
-    pretrained_mod.check_table()
+    table.check_table()
     import timm
 
     for key, row in PRETRAINED_WEIGHTS.items():
@@ -297,7 +292,7 @@ def test_row_validation():
     with pytest.raises(ValueError, match="sha256 must be 64"):
         PretrainedWeights("org/name", sha256="abc")
     with pytest.raises(ValueError, match="revision"):
-        pretrained_mod.hub_id_at_revision(TINY, "")
+        table.hub_id_at_revision(TINY, "")
 
 
 def test_unknown_architecture_is_named(server, caches):
@@ -306,7 +301,7 @@ def test_unknown_architecture_is_named(server, caches):
     with pytest.raises(ValueError, match="unknown architecture 'convnext_dcls_huge' in the pretrained config"):
         dcls_zoo.create_model(TINY, pretrained=True, pretrained_cfg=dict(architecture="convnext_dcls_huge", tag="in1k"))
     with pytest.raises(ValueError, match="unknown architecture 'not_a_model'.*pretrained weights table"):
-        pretrained_mod.check_table({"not_a_model.in1k": PRETRAINED_WEIGHTS["convnext_dcls_tiny.in1k"]})
+        table.check_table({"not_a_model.in1k": PRETRAINED_WEIGHTS["convnext_dcls_tiny.in1k"]})
     assert server.requests == []
 
 
@@ -483,7 +478,7 @@ def test_offline_without_caches_is_a_clear_error(server, caches, monkeypatch):
         dcls_zoo.create_model(TINY, pretrained=True, **SMALL)
     message = str(error.value)
     for needed in ("HF_HUB_OFFLINE", "HF_ENDPOINT", str(caches["hf"]), str(caches["downloads"]),
-                   f"{server.url}/zenodo/{zenodo_name(TINY)}", pretrained_mod.ZENODO_URL_ENV):
+                   f"{server.url}/zenodo/{zenodo_name(TINY)}", ZENODO_URL_ENV):
         assert needed in message
     assert server.requests == []
 
@@ -521,8 +516,9 @@ _OFFLINE_SCRIPT = r"""
 import json, sys, torch
 from dataclasses import replace
 import dcls_zoo
-from dcls_zoo import pretrained
-from dcls_zoo.pretrained import PRETRAINED_WEIGHTS, ChecksumMismatchError, PretrainedWeightsError
+from dcls_zoo.errors import ChecksumMismatchError, PretrainedWeightsError
+from dcls_zoo.weights import table
+from dcls_zoo.weights.table import PRETRAINED_WEIGHTS
 from huggingface_hub import constants
 
 small = dict(depths=(2, 1, 1, 2), dims=(16, 32, 48, 64))
@@ -563,7 +559,7 @@ def test_seeded_cache_in_offline_subprocess(tmp_path):
         safetensors_bytes(model, repo_dir / "snapshots" / commit)
     (repo_dir / "refs").mkdir()
     (repo_dir / "refs" / "main").write_text(COMMIT_MAIN)
-    main_sha = pretrained_mod.sha256_file(repo_dir / "snapshots" / COMMIT_MAIN / "model.safetensors")
+    main_sha = sha256_file(repo_dir / "snapshots" / COMMIT_MAIN / "model.safetensors")
     torch.save((INPUT, {"main": logits(main), "pinned": logits(pinned)}), tmp_path / "expected.pt")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     env.update(
@@ -573,7 +569,7 @@ def test_seeded_cache_in_offline_subprocess(tmp_path):
         TORCH_HOME=str(tmp_path / "torch"),
         PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
     )
-    env[pretrained_mod.ZENODO_URL_ENV] = "http://127.0.0.1:9/"
+    env[ZENODO_URL_ENV] = "http://127.0.0.1:9/"
     result = subprocess.run(
         [sys.executable, "-c", _OFFLINE_SCRIPT, str(tmp_path / "expected.pt"), COMMIT_PINNED, main_sha],
         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,

@@ -16,9 +16,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import dcls_zoo.models.resnet_dcls  # noqa: F401  (registers the models in timm)
 import dcls_zoo.shared
-from dcls_zoo import position_bounds
+from dcls_zoo.construct import position_bounds
 from dcls_zoo.layers import Dcls2d
-from dcls_zoo.models import clamp_model_positions_
+from dcls_zoo.positions import clamp_model_positions_
 from dcls_zoo.models.resnet_dcls import ResNetDcls
 
 STAGE_WIDTHS = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
@@ -131,7 +131,7 @@ def test_real_forward_at_224_counts_the_same(model: ResNetDcls):
     # The meta-device count above is exact only if the real forward runs the same convolutions
     # (with positions over the whole window, as trained: fresh ones let the layers skip taps).
     model = copy.deepcopy(model)
-    dcls_zoo.spread_model_positions_(model)
+    dcls_zoo.positions.spread_model_positions_(model)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         out = model(torch.randn(1, 3, 224, 224))
     assert out.shape == (1, 1000) and torch.isfinite(out).all()

@@ -18,15 +18,15 @@ from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from PIL import Image
+from run_helpers import CrossEntropyClassifier
 from torch.utils.data import DataLoader, TensorDataset
 
 import dcls_zoo
 from dcls_zoo.construct import position_bounds
+from dcls_zoo.positions import position_owners
 from dcls_zoo.shared import SharedPositions
 from lightning_modules.method import ClampPositions, SigmaSchedule
 from lightning_modules.position_monitor import PositionMonitor
-from lightning_modules.position_monitor import position_groups
-from run_helpers import CrossEntropyClassifier
 
 WINDOW = 17  # convnext_dcls_atto's DCLS window
 GAUSS_OFFSET = 0.27  # effective gauss width = |SIG| + 0.27
@@ -252,15 +252,15 @@ def test_sigma_schedule_bad_arguments(kwargs, message):
 # --- position groups --------------------------------------------------------------------------------
 
 
-def test_position_groups_name_stages_and_count_shared_positions_once():
+def test_position_owners_name_stages_and_count_shared_positions_once():
     shared = dcls_zoo.create_model("convnext_dcls_atto", num_classes=10, in_chans=1, patch_size=2)
-    groups = position_groups(shared)
+    groups = position_owners(shared)
     assert [g.name for g in groups] == ["stages.0", "stages.1", "stages.2", "stages.3"]
     assert [len(g.layers) for g in groups] == [2, 2, 6, 2]
     assert all(layer.P is g.P for g in groups for layer in g.layers)
     per_layer = dcls_zoo.create_model("convnext_dcls_atto", num_classes=10, in_chans=1, patch_size=2,
                                       dcls_share="layer")
-    names = [g.name for g in position_groups(per_layer)]
+    names = [g.name for g in position_owners(per_layer)]
     assert len(names) == 12 and names[:2] == ["stages.0.blocks.0.conv_dw", "stages.0.blocks.1.conv_dw"]
 
 
@@ -444,7 +444,7 @@ def test_position_monitor_records_and_logs_the_spread_of_each_stage(tmp_path):
 
 
 def test_position_spread_is_zero_for_one_point_and_one_for_a_uniform_cover():
-    from lightning_modules.position_monitor import position_spread
+    from dcls_zoo.figures import position_spread
 
     assert position_spread(torch.zeros(2, 4, 1, 7), (17, 9)) == (0.0, 0.0)
     generator = torch.Generator().manual_seed(0)
@@ -459,7 +459,7 @@ def _labels(ax) -> tuple[str, str]:
 
 
 def test_kernel_heatmaps_share_one_colour_scale_per_group_across_epochs():
-    from lightning_modules.position_monitor import plot_kernels
+    from dcls_zoo.figures import plot_kernels
 
     generator = torch.Generator().manual_seed(0)
     history = {
@@ -483,7 +483,7 @@ def test_kernel_heatmaps_share_one_colour_scale_per_group_across_epochs():
 
 
 def test_spread_and_speed_curves_mark_the_repulsive_loss_and_label_their_axes():
-    from lightning_modules.position_monitor import plot_speeds, plot_spreads
+    from dcls_zoo.figures import plot_speeds, plot_spreads
 
     spreads = {"stages.0": [(0, 1.0, 0.2), (1, 1.5, 0.3), (2, 2.5, 0.5)], "stages.1": [(0, 0.5, 0.2), (1, 0.7, 0.3)]}
     figure = plot_spreads(spreads, repulsive_start=1)
@@ -501,7 +501,7 @@ def test_spread_and_speed_curves_mark_the_repulsive_loss_and_label_their_axes():
 
 
 def test_position_histograms_have_an_epoch_colour_bar():
-    from lightning_modules.position_monitor import histogram_edges, plot_position_histograms
+    from dcls_zoo.figures import histogram_edges, plot_position_histograms
 
     edges = histogram_edges(17, 2)
     snapshots = [(epochs, [torch.ones(len(edges) - 1).numpy()] * 2, [edges, edges]) for epochs in (0, 3, 6)]

@@ -20,10 +20,17 @@ import pytest
 import torch
 
 import dcls_zoo
-import dcls_zoo.weights.fetch
-from dcls_zoo.state_dicts import WeightsFileError, sha256_file
-from dcls_zoo.weights import fetch
-from dcls_zoo.weights.fetch import ChecksumMismatchError, HubUnreachableError, UnsafeFileNameError
+from dcls_zoo.errors import (
+    ChecksumMismatchError,
+    HubUnreachableError,
+    PretrainedWeightsError,
+    UnsafeFileNameError,
+    WeightsFileError,
+    WeightsReadError,
+)
+from dcls_zoo.state_dicts import confined_path, sha256_file
+from dcls_zoo.weights import network
+from dcls_zoo.weights.url_files import url_file, url_file_name
 from lightning_modules.checkpoints import load_checkpoint
 from lightning_modules.commands.main import main
 from lightning_modules.module import ImageClassifier
@@ -137,12 +144,12 @@ def _atto_state_file(path: Path) -> Path:
 )
 def test_url_file_names_that_would_leave_the_cache_are_refused(name):
     with pytest.raises(UnsafeFileNameError, match="plain name|no file name"):
-        fetch.url_file_name(f"http://127.0.0.1:1/files/{name}")
+        url_file_name(f"http://127.0.0.1:1/files/{name}")
 
 
 def test_plain_url_file_names_are_decoded():
-    assert fetch.url_file_name("http://h/files/convnext%20tiny.pth?x=1") == "convnext tiny.pth"
-    assert fetch.url_file_name("http://h/a/b/model.safetensors") == "model.safetensors"
+    assert url_file_name("http://h/files/convnext%20tiny.pth?x=1") == "convnext tiny.pth"
+    assert url_file_name("http://h/a/b/model.safetensors") == "model.safetensors"
 
 
 def test_a_percent_2f_url_writes_nothing_outside_the_cache(file_server, caches, tmp_path):
@@ -163,7 +170,7 @@ def test_a_symlink_planted_in_the_cache_is_not_followed(caches, tmp_path):
     outside = tmp_path / "elsewhere.pth"
     (caches / "weights.pth").symlink_to(outside)
     with pytest.raises(UnsafeFileNameError, match="resolves outside"):
-        fetch.confined_path(caches, "weights.pth")
+        confined_path(caches, "weights.pth")
 
 
 def test_an_explicit_url_still_loads_when_its_name_is_plain(file_server, caches, tmp_path):
@@ -265,7 +272,7 @@ def test_a_checkpoint_whose_arch_is_a_download_source_is_refused(tmp_path):
 
 
 def test_fit_refuses_weight_sources_in_model_kwargs():
-    with pytest.raises(ValueError, match=r"model_kwargs: pretrained_cfg_overlay .*--model\.pretrained"):
+    with pytest.raises(ValueError, match=r"model_kwargs: pretrained_cfg_overlay .*as pretrained=\.\.\."):
         ImageClassifier(arch=ARCH, num_classes=10, model_kwargs={"pretrained_cfg_overlay": {"url": "http://x/y.pth"}})
 
 
@@ -296,7 +303,7 @@ def test_push_refuses_a_symlink_before_any_request(fake_hub, tmp_path, capsys):
 
 
 def test_a_silent_hub_fails_within_the_limit(silent_hub, monkeypatch):
-    monkeypatch.setenv(fetch.TIMEOUT_ENV, "1.5")
+    monkeypatch.setenv(network.TIMEOUT_ENV, "1.5")
     start = time.monotonic()
     with pytest.raises(HubUnreachableError) as info:
         dcls_zoo.create_model("hf-hub:tester/silent", pretrained=True)
@@ -304,7 +311,7 @@ def test_a_silent_hub_fails_within_the_limit(silent_hub, monkeypatch):
     # huggingface_hub alone waits 60 s per try, 6 tries, with 1-8 s sleeps between them (about 400 s)
     assert elapsed < 1.5 + 5, elapsed
     message = str(info.value)
-    assert "HF_HUB_OFFLINE=1" in message and "HF_ENDPOINT" in message and f"raise {fetch.TIMEOUT_ENV}" in message
+    assert "HF_HUB_OFFLINE=1" in message and "HF_ENDPOINT" in message and f"raise {network.TIMEOUT_ENV}" in message
     assert "no answer from the server for 1.5 s" in message
 
 
@@ -328,9 +335,9 @@ def test_the_limit_is_between_answers_not_for_the_whole_transfer(monkeypatch, ca
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
     threading.Thread(target=httpd.serve_forever, kwargs=dict(poll_interval=0.02), daemon=True).start()
     try:
-        monkeypatch.setenv(fetch.TIMEOUT_ENV, "1")
+        monkeypatch.setenv(network.TIMEOUT_ENV, "1")
         start = time.monotonic()
-        path = fetch.url_file(f"http://127.0.0.1:{httpd.server_port}/slow.bin", progress=False)
+        path = url_file(f"http://127.0.0.1:{httpd.server_port}/slow.bin", progress=False)
         assert time.monotonic() - start > 1.5  # longer than the limit in total
     finally:
         httpd.shutdown()
@@ -339,9 +346,9 @@ def test_the_limit_is_between_answers_not_for_the_whole_transfer(monkeypatch, ca
 
 
 def test_a_bad_timeout_value_is_named(monkeypatch):
-    monkeypatch.setenv(fetch.TIMEOUT_ENV, "soon")
+    monkeypatch.setenv(network.TIMEOUT_ENV, "soon")
     with pytest.raises(ValueError, match="DCLS_ZOO_HUB_TIMEOUT='soon': expected a positive number"):
-        fetch.hub_timeout()
+        network.hub_timeout()
 
 
 # ------------------------------------------------------------------------------------------
@@ -453,7 +460,7 @@ def test_garbage_torch_files_are_named_not_tracebacks(tmp_path, capsys, content)
 
 def test_an_unreadable_download_is_removed_from_the_cache(file_server, caches):
     file_server.files["/files/broken.pth"] = b"not a torch file at all"
-    with pytest.raises(fetch.WeightsReadError, match=r"the weights file from .*broken\.pth.*removed from the download cache"):
+    with pytest.raises(WeightsReadError, match=r"the weights file from .*broken\.pth.*removed from the download cache"):
         dcls_zoo.create_model(ARCH, pretrained=True, pretrained_cfg_overlay={"url": file_server.url + "/files/broken.pth"})
     assert not (caches / "broken.pth").exists()
 
@@ -461,7 +468,7 @@ def test_an_unreadable_download_is_removed_from_the_cache(file_server, caches):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda c: c["model_args"].update(pretrained_cfg_overlay={"url": "http://127.0.0.1:1/x.pth"}), "name weight sources"),
+        (lambda c: c["model_args"].update(pretrained_cfg_overlay={"url": "http://127.0.0.1:1/x.pth"}), "pretrained_cfg_overlay would load weights"),
         (lambda c: c.update(model_args="x"), "not a mapping"),
         (lambda c: c.update(num_classes=10**9), "num_classes is 1000000000"),
         (lambda c: c.update(architecture="os.system"), "unknown architecture 'os.system'"),
@@ -481,12 +488,12 @@ def test_an_edited_export_config_is_refused(tmp_path, edit, message):
 
 
 def test_a_tag_without_weights_is_named():
-    with pytest.raises(dcls_zoo.weights.fetch.PretrainedWeightsError, match="No pretrained weights exist for convnext_dcls_atto.in1k; weights exist for: .*convnext_dcls_tiny.in1k"):
+    with pytest.raises(PretrainedWeightsError, match="No pretrained weights exist for convnext_dcls_atto.in1k; weights exist for: .*convnext_dcls_tiny.in1k"):
         dcls_zoo.create_model(ARCH, pretrained="in1k")
 
 
 def test_weight_errors_at_the_command_line_are_one_line(silent_hub, monkeypatch, tmp_path, capsys):
-    monkeypatch.setenv(fetch.TIMEOUT_ENV, "1")
+    monkeypatch.setenv(network.TIMEOUT_ENV, "1")
     monkeypatch.chdir(tmp_path)
     quickstart = str(ROOT / "configs" / "quickstart.yaml")
     for source, expected in (("hf-hub:tester/silent", "could not reach the Hugging Face Hub"),

@@ -1,7 +1,7 @@
-"""The model card of an export: DCLS settings, the positions picture, the card text.
+"""The model card of an export: DCLS settings and the card text.
 
 :func:`dcls_settings` summarises a model's DCLS configuration (for the card and the weights'
-metadata); :func:`save_positions_figure` draws the learned positions; :func:`render_card` writes
+metadata); :func:`render_card` writes
 ``README.md``: YAML front matter for the Hub, model details, the preprocessing and the one call that
 reproduces it, DCLS settings, usage, metrics, training, citation.
 """
@@ -9,21 +9,17 @@ reproduces it, DCLS settings, usage, metrics, training, citation.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from ..positions import dcls_layers, position_owners
+from ..export_format import POSITIONS_NAME
+from ..positions import dcls_layers
 from ..shared import SHARED_ATTRIBUTE, SharedPositions
 
-__all__ = ["CARD_KEYS", "CARD_NAME", "CITATION", "POSITIONS_NAME", "dcls_settings", "render_card", "save_positions_figure"]
-
-CARD_NAME = "README.md"
-POSITIONS_NAME = "positions.png"
+__all__ = ["CARD_KEYS", "CITATION", "dcls_settings", "render_card"]
 
 CITATION = """@inproceedings{khalfaouihassani2023dilated,
   title     = {Dilated convolution with learnable spacings},
@@ -44,11 +40,6 @@ CARD_KEYS = {
     "tags": "extra Hub tags",
     "citation": "extra BibTeX, cited after the DCLS paper",
 }
-
-
-def _position_groups(model: nn.Module) -> list[tuple[str, torch.Tensor, tuple[int, ...]]]:
-    """``(name, P, learned window)`` for every position tensor of ``model``, each once."""
-    return [(h.path, h.owner.P, tuple(h.owner.learned_kernel_size)) for h in position_owners(model)]
 
 
 def _size(window: Sequence[int]) -> str:
@@ -91,55 +82,6 @@ def dcls_settings(model: nn.Module) -> dict[str, Any]:
         settings["converted_parameters"] = f"{report.params_before:,} -> {report.params_after:,}"
         settings["skipped"] = len(report.skipped)
     return settings
-
-
-def save_positions_figure(model: nn.Module, path: str | os.PathLike[str], max_panels: int = 16) -> Path | None:
-    """Scatter the learned 2D positions of each position group in its window and save a PNG.
-
-    One panel per group (a stage's shared positions, or a layer's own), every element of every
-    channel a dot at ``(x, y) = (P[1], P[0])`` in window coordinates (row 0 at the top, as an
-    image of the kernel). Groups with other than two learned axes are left out; at most
-    ``max_panels`` panels. Drawn with matplotlib's Agg canvas (no pyplot, no display).
-
-    Returns:
-        The path, or None when the model has no 2D positions (nothing written).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    groups = [(n, p, w) for n, p, w in _position_groups(model) if p.shape[0] == 2 and len(w) == 2]
-    if not groups:
-        return None
-    shown = groups[:max_panels]
-    columns = min(4, len(shown))
-    rows = -(-len(shown) // columns)
-    figure = Figure(figsize=(3.2 * columns, 3.6 * rows))
-    FigureCanvasAgg(figure)
-    # fixed margins (a layout engine would double the drawing time); room for two-line titles
-    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.3 / (3.6 * rows), top=1 - 0.75 / (3.6 * rows),
-                           wspace=0.3, hspace=0.75 / 3.6 * 2)
-    for index, (name, positions, window) in enumerate(shown):
-        axes = figure.add_subplot(rows, columns, index + 1)
-        values = positions.detach().to("cpu", torch.float32)
-        y = (values[0] + window[0] // 2).flatten().numpy()
-        x = (values[1] + window[1] // 2).flatten().numpy()
-        axes.scatter(x, y, s=2, alpha=min(1.0, max(0.05, 300 / max(len(x), 1))), linewidths=0)
-        axes.set_xlim(-0.5, window[1] - 0.5)
-        axes.set_ylim(window[0] - 0.5, -0.5)
-        axes.set_aspect("equal")
-        axes.set_xticks(range(0, window[1], max(1, window[1] // 4)))
-        axes.set_yticks(range(0, window[0], max(1, window[0] // 4)))
-        axes.grid(True, linewidth=0.3, alpha=0.5)
-        axes.set_xlabel("x: window column (P[1] + centre)", fontsize=7)
-        axes.set_ylabel("y: window row (P[0] + centre)", fontsize=7)
-        count = positions.shape[-1]
-        axes.set_title(f"{name}\n{_size(window)} window, {count} elements x {values[0].numel() // count} kernels",
-                       fontsize=8)
-    if len(groups) > len(shown):
-        figure.suptitle(f"first {len(shown)} of {len(groups)} position groups", fontsize=9)
-    path = Path(path)
-    figure.savefig(path, dpi=100)
-    return path
 
 
 def _transform_phrase(cfg: Mapping[str, Any]) -> str:

@@ -1,18 +1,9 @@
 """Exporting a model to a Hugging Face Hub folder: :func:`save_pretrained`.
 
-An export directory holds exactly what ``timm.create_model("hf-hub:...")`` and
-``timm.create_model("local-dir:...", pretrained=True)`` read, and no pickle:
-
-- ``config.json``: timm's format (written by timm's own ``save_config_for_hf``): ``architecture``
-  (the registered name), ``num_classes``, ``model_args`` (the arguments the model was built with),
-  ``label_names`` when known, ``pretrained_cfg`` with the data config (input size, mean, std, crop,
-  interpolation: the evaluation transform the model was tested with), and ``dcls_zoo`` with the
-  sha256 and size of the weights file (verified by dcls-zoo's loaders) and the metrics;
-- ``model.safetensors``: ``model.state_dict()`` (each stage's shared positions once) with provenance
-  in the safetensors metadata (dcls-zoo, torch and timm versions, architecture, DCLS settings),
-  written atomically;
-- ``README.md``: a model card (:mod:`dcls_zoo.hub.card`);
-- ``positions.png``: the learned positions, one panel per position group (2D positions only).
+What the folder holds and how each file is written and checked is :mod:`dcls_zoo.export_format`;
+this module gathers the model's side (its architecture and arguments, checked by rebuilding it, its
+DCLS settings, the card and the positions picture) and writes the files: the weights first (the
+config records their sha256), each atomically.
 """
 
 from __future__ import annotations
@@ -26,22 +17,24 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..state_dicts import (
+from ..errors import CheckpointMismatchError
+from ..export_format import (
+    CARD_NAME,
     CONFIG_NAME,
+    MANIFEST_KEY,
+    POSITIONS_NAME,
     WEIGHTS_NAME,
-    CheckpointMismatchError,
-    atomic_path,
-    check_state_dict,
-    save_safetensors,
+    manifest,
+    provenance,
+    timm_config,
+    weights_metadata,
 )
-from ..version import __version__
-from ..weights.build import MANIFEST_KEY, export_manifest
-from .card import CARD_KEYS, CARD_NAME, POSITIONS_NAME, dcls_settings, render_card, save_positions_figure
+from ..names import check_model_name
+from ..state_dicts import atomic_path, check_state_dict, save_safetensors
+from ..figures import plot_position_scatter, save_png
+from .card import CARD_KEYS, dcls_settings, render_card
 
-__all__ = ["PICKLE_SUFFIXES", "architecture_of", "save_pretrained"]
-
-# Files an export must never carry: anything torch.load would unpickle.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".tar")
+__all__ = ["architecture_of", "save_pretrained"]
 
 
 def architecture_of(model: nn.Module) -> str:
@@ -50,8 +43,6 @@ def architecture_of(model: nn.Module) -> str:
     Raises:
         ValueError: none recorded, or not registered in timm.
     """
-    import timm
-
     cfg = getattr(model, "pretrained_cfg", None) or {}
     architecture = cfg.get("architecture")
     if not architecture:
@@ -60,8 +51,7 @@ def architecture_of(model: nn.Module) -> str:
             "dcls_zoo.create_model(name, ...) (or timm.create_model) so config.json can name a registered "
             "architecture to rebuild"
         )
-    if not timm.is_model(architecture):
-        raise ValueError(f"architecture {architecture!r} is not registered in timm; it could not be rebuilt")
+    check_model_name(architecture, "architecture", "model's pretrained_cfg")
     return architecture
 
 
@@ -85,14 +75,6 @@ def _check_rebuild(model: nn.Module, architecture: str, model_args: Mapping[str,
         ) from error
 
 
-def _json_or_none(value: Any) -> Any:
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return None
-
-
 def save_pretrained(
     model: nn.Module,
     directory: str | os.PathLike[str],
@@ -102,26 +84,30 @@ def save_pretrained(
     data_config: Mapping[str, Any] | None = None,
     model_args: Mapping[str, Any] | None = None,
     repo_id: str | None = None,
+    source: Mapping[str, Any] | None = None,
     check: bool = True,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors``, ``README.md`` and ``positions.png`` to ``directory``.
 
     ``timm.create_model("local-dir:<directory>", pretrained=True)`` (after ``import dcls_zoo``) and
     ``dcls_zoo.create_model("local-dir:<directory>", pretrained=True)`` rebuild the same model
-    from it; pushed to the Hub, ``hf-hub:<repo_id>`` does the same.
+    from it; pushed to the Hub, ``hf-hub:<repo_id>`` does the same. The same model and arguments
+    give byte-identical ``config.json`` and ``model.safetensors``.
 
     Args:
         model: a model built by ``dcls_zoo.create_model`` / ``timm.create_model`` (its
             ``pretrained_cfg['architecture']`` and recorded ``_model_args`` go to ``config.json``).
         directory: created if needed; our four files are overwritten, other files are left alone.
         model_card: optional card content, keys: ``model_name``, ``description``, ``dataset``,
-            ``metrics``, ``training``, ``license``, ``tags``, ``citation``.
+            ``metrics``, ``training``, ``limitations``, ``license``, ``tags``, ``citation``.
         label_names: one name per class (default: ``model.pretrained_cfg['label_names']`` when it
             matches ``num_classes``).
         data_config: preprocessing for the export (``input_size``, ``mean``, ``std``,
             ``crop_pct``, ``interpolation``, ...), as timm's ``save_for_hf``.
         model_args: extra or replacement constructor arguments for ``config.json``.
         repo_id: the Hub repo the card's usage snippet names (default: a ``local-dir:`` snippet).
+        source: where the weights came from, recorded in the weights' provenance
+            (:func:`dcls_zoo.export_format.provenance`), e.g. the checkpoint a run wrote.
         check: rebuild the architecture from the written arguments (on the meta device) and
             check that its state-dict keys and shapes match the model's.
 
@@ -132,8 +118,7 @@ def save_pretrained(
         ValueError: no registered architecture, a model that its config cannot rebuild, label
             names of the wrong length, unknown ``model_card`` keys.
     """
-    import timm
-    from timm.models._hub import get_model_args, save_config_for_hf
+    from timm.models import get_model_args
 
     card = dict(model_card or {})
     unknown = sorted(set(card) - set(CARD_KEYS))
@@ -153,38 +138,19 @@ def save_pretrained(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     settings = dcls_settings(model)
-    metadata = {
-        "format": "pt",
-        "architecture": architecture,
-        "model_args": json.dumps({k: _json_or_none(v) for k, v in rebuild_args.items()}, sort_keys=True),
-        "dcls_zoo_version": __version__,
-        "torch_version": torch.__version__,
-        "timm_version": timm.__version__,
-        "dcls_settings": json.dumps(settings, sort_keys=True),
-        "created_by": "dcls_zoo.save_pretrained",
-    }
-    # The weights first: config.json records their sha256.
-    save_safetensors(model.state_dict(), directory / WEIGHTS_NAME, metadata)
-
-    manifest = {"version": __version__, **export_manifest(directory)}
-    metrics = card.get("metrics")
-    if metrics:
-        manifest["metrics"] = {str(k): _json_or_none(v) for k, v in dict(metrics).items()}
-    model_config: dict[str, Any] = {MANIFEST_KEY: manifest}
-    if label_names is not None:
-        model_config["label_names"] = list(label_names)
+    config = timm_config(model, model_args=model_args, data_config=data_config, label_names=label_names)
+    # The weights first, carrying the config they belong to: config.json records their sha256.
+    record = provenance(architecture, rebuild_args, dcls_settings=settings, source=source)
+    save_safetensors(model.state_dict(), directory / WEIGHTS_NAME, weights_metadata(record, config))
+    config[MANIFEST_KEY] = manifest(directory, metrics=card.get("metrics"))
     with atomic_path(directory / CONFIG_NAME) as temporary:
-        save_config_for_hf(
-            model,
-            temporary,
-            model_config=model_config,
-            model_args=dict(model_args or {}),
-            data_config=dict(data_config) if data_config else None,
-        )
+        temporary.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
-    picture = save_positions_figure(model, directory / POSITIONS_NAME)
-    config = json.loads((directory / CONFIG_NAME).read_text())
-    card_text = render_card(model, config, settings, card, picture is not None, repo_id, directory)
+    figure = plot_position_scatter(model)
+    if figure is not None:
+        with atomic_path(directory / POSITIONS_NAME) as temporary:
+            save_png(figure, temporary)
+    card_text = render_card(model, config, settings, card, figure is not None, repo_id, directory)
     with atomic_path(directory / CARD_NAME) as temporary:
         temporary.write_text(card_text, encoding="utf-8")
     return directory

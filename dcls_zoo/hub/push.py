@@ -19,21 +19,12 @@ from typing import Any
 
 from torch import nn
 
-from ..state_dicts import CONFIG_NAME, WEIGHTS_NAME
+from ..errors import PushError
+from ..export_format import CONFIG_NAME, PICKLE_SUFFIXES, WEIGHTS_NAME, read_export_config, verify_export
 from ..version import __version__
-from ..weights.build import read_export_config, verify_export
-from ..weights.fetch import PretrainedWeightsError
-from .export import PICKLE_SUFFIXES, architecture_of, save_pretrained
+from .export import architecture_of, save_pretrained
 
-__all__ = ["PushError", "PushResult", "check_export", "push_to_hub", "require_token", "upload_export"]
-
-
-class PushError(RuntimeError):
-    """An upload failed; the export is intact at :attr:`local_dir` (the message says how to retry)."""
-
-    def __init__(self, message: str, local_dir: Path) -> None:
-        super().__init__(message)
-        self.local_dir = local_dir
+__all__ = ["PushResult", "check_export", "push_to_hub", "require_token", "upload_export"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +62,8 @@ def check_export(directory: str | os.PathLike[str]) -> Path:
 
     Raises:
         ValueError: naming the directory and the offending entries.
+        ChecksumMismatchError, ExportMismatchError (both :class:`~dcls_zoo.errors.DclsZooError`): a
+            weights file or ``config.json`` changed since export.
     """
     directory = Path(directory)
     if directory.is_symlink():
@@ -99,10 +92,8 @@ def check_export(directory: str | os.PathLike[str]) -> Path:
         raise ValueError(f"{directory} is not an export directory: no {', '.join(missing)} (write it with save_pretrained)")
     if pickles:
         raise ValueError(f"{directory} holds pickle files {pickles}; remove them, an export carries safetensors only")
-    try:
-        verify_export(directory, read_export_config(directory, f"export {directory}"), f"export {directory}")
-    except PretrainedWeightsError as error:  # a checksum mismatch: never upload a tampered export
-        raise ValueError(str(error)) from error
+    # never upload a tampered export: checksums, and config.json against its weights' record
+    verify_export(directory, read_export_config(directory, f"export {directory}"), f"export {directory}")
     return directory
 
 
@@ -132,6 +123,7 @@ def upload_export(
 
     Raises:
         ValueError: no token (checked first), not an export directory, pickle files in it.
+        DclsZooError: a tampered export (see :func:`check_export`).
         PushError: the Hub could not be reached or refused; the directory is untouched and the
             message gives the command that retries the upload.
     """

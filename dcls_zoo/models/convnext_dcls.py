@@ -32,7 +32,7 @@ from torch import nn
 
 from ..layers import DclsConvNd
 from ..positions import spread_model_positions_
-from ..weights.build import build_model_with_weights
+from ..weights.pretrained import build_model_with_weights
 from ..weights.official import official_checkpoint_filter
 from ..weights.table import PRETRAINED_WEIGHTS
 from .dclsify import DclsifyReport, dclsify

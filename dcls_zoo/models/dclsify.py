@@ -29,25 +29,16 @@ from torch import nn
 
 from ..construct import resolve_interpolation
 from ..layers import Dcls1d, Dcls2d, Dcls3d, DclsConvNd
-# The positions service lived here before dcls_zoo.positions; these names stay importable from here.
-from ..positions import (  # noqa: F401
-    PositionOwner,
-    clamp_model_positions_,
-    dcls_layers,
-    position_owners,
-    shared_group_key,
-    spread_model_positions_,
-    stage_of,
-)
+from ..positions import shared_group_key
 from ..shared import SHARED_ATTRIBUTE, SharedPositions, SharedPositionsDict
 
-__all__ = ["dclsify", "DclsifyReport", "Conversion"]
+__all__ = ["ConvertedLayer", "DclsifyReport", "dclsify"]
 
 _DCLS_BY_CONV: dict[type[nn.Module], type[DclsConvNd]] = {nn.Conv1d: Dcls1d, nn.Conv2d: Dcls2d, nn.Conv3d: Dcls3d}
 
 @dataclass
-class Conversion:
-    """One replaced convolution."""
+class ConvertedLayer:
+    """One convolution :func:`dclsify` replaced: where, its old kernel, its window and elements, its group."""
 
     path: str
     kernel_size: tuple[int, ...]
@@ -60,7 +51,7 @@ class Conversion:
 class DclsifyReport:
     """What :func:`dclsify` did: converted layers, skipped ones with the reason, parameter counts."""
 
-    converted: list[Conversion] = field(default_factory=list)
+    converted: list[ConvertedLayer] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     kernel_count: int = 0
     params_before: int = 0
@@ -219,8 +210,8 @@ def dclsify(
                 owner.add_module(SHARED_ATTRIBUTE, SharedPositionsDict())
             getattr(owner, SHARED_ATTRIBUTE)[role] = shared
         for path in paths:
-            _replace(model, path, _to_dcls(chosen[path], windows[path], kernel_count, interpolation, shared))
-            report.converted.append(Conversion(path, chosen[path].kernel_size, windows[path], kernel_count, group))
+            model.set_submodule(path, _to_dcls(chosen[path], windows[path], kernel_count, interpolation, shared))
+            report.converted.append(ConvertedLayer(path, chosen[path].kernel_size, windows[path], kernel_count, group))
     report.kernel_count = kernel_count
     report.params_after = sum(
         p.numel() for p in _unique_parameters(model.get_submodule(c.path) for c in report.converted)
@@ -286,12 +277,6 @@ def _to_dcls(conv: nn.Module, window, kernel_count: int, interpolation, shared: 
         dtype=conv.weight.dtype,
     )
     return layer
-
-
-def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, name = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, name, new)
 
 
 def _unique_parameters(modules) -> list:

@@ -8,7 +8,7 @@ import timm
 from torch import nn
 
 from ..names import SOURCE_PREFIXES, check_model_name, list_models
-from ..weights.build import create_from_source
+from ..weights.exports import create_from_source
 from ..weights.table import get_pretrained_weights, hub_id_at_revision
 
 __all__ = ["create_model", "list_models"]
@@ -24,16 +24,16 @@ def create_model(name: str, pretrained: bool | str = False, *, revision: str | N
             ``save_pretrained`` recorded for the weights are verified before timm builds it.
         pretrained: ``True`` loads the default tag's weights; a string names the tag
             (``create_model("convnext_dcls_tiny", pretrained="in1k")``). Weights come from the model's
-            Hugging Face Hub repo, else the authors' file (see :mod:`dcls_zoo.weights.build`).
+            Hugging Face Hub repo, else the authors' file (see :mod:`dcls_zoo.weights.pretrained`).
         revision: load the weights from this revision (branch, tag or commit) of the model's Hub repo
             only (no fallback); needs ``pretrained``.
         **kwargs: model arguments (``num_classes``, ``drop_path_rate``, ``features_only``, ...).
 
     Raises:
         ValueError: unknown ``name``, listing the closest registered names.
-        dcls_zoo.weights.fetch.PretrainedWeightsError: weights that cannot be found or fetched, or
+        dcls_zoo.errors.PretrainedWeightsError: weights that cannot be found or fetched, or
             fail their checksum (``HubUnreachableError`` without a Hub or cached copy).
-        dcls_zoo.state_dicts.WeightsFileError: a truncated or garbled export file (naming it).
+        dcls_zoo.errors.WeightsFileError: a truncated or garbled export file (naming it).
     """
     if not isinstance(name, str):
         raise TypeError(f"model name must be a string, got {type(name).__name__}")

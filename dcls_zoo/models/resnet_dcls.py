@@ -31,7 +31,7 @@ from torch import nn
 
 from ..layers import DclsConvNd
 from ..positions import stage_of
-from ..weights.build import build_model_with_weights
+from ..weights.pretrained import build_model_with_weights
 from .dclsify import DclsifyReport, dclsify
 
 __all__ = ["ResNetDcls", "residual_block_conv"]

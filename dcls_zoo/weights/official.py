@@ -22,8 +22,7 @@ Entry points:
   Zenodo URL converts on the fly; idempotent),
 - :func:`load_official_file` (the safe reader: :func:`dcls_zoo.state_dicts.load_torch_file`).
 
-Strict loading and the key/shape check live in :mod:`dcls_zoo.state_dicts` (re-exported here as
-``load_checkpoint_strict`` / ``check_state_dict`` for the documented import path).
+Strict loading and the key/shape check live in :mod:`dcls_zoo.state_dicts`.
 """
 
 from __future__ import annotations
@@ -41,10 +40,7 @@ from torch import Tensor, nn
 from ..positions import shared_group_key
 from ..shared import SHARED_ATTRIBUTE
 from ..state_dicts import (
-    CheckpointMismatchError,
-    check_state_dict,
     clean_state_dict,
-    load_state_dict_strict,
     load_torch_file,
     require_tensors,
     select_weights,
@@ -53,13 +49,10 @@ from ..state_dicts import (
 __all__ = [
     "OFFICIAL_VERSIONS",
     "AXIS_ORDER_OF_VERSION",
-    "CheckpointMismatchError",
-    "Conversion",
+    "OfficialConversion",
     "convert_official",
     "convert_official_checkpoint",
     "official_checkpoint_filter",
-    "load_checkpoint_strict",  # = dcls_zoo.state_dicts.load_state_dict_strict
-    "check_state_dict",
     "load_official_file",
     "select_state_dict",
     "source_axis_order",
@@ -248,7 +241,7 @@ def is_converted(state: Mapping[str, Tensor]) -> bool:
 
 
 @dataclass
-class Conversion:
+class OfficialConversion:
     """What :func:`convert_official` did.
 
     Attributes:
@@ -293,12 +286,12 @@ def _convert_state(
     source_order: str | None,
     has_sigma: bool | None = None,
     source: str = "checkpoint",
-) -> Conversion:
+) -> OfficialConversion:
     if is_converted(state):
-        return Conversion(state, source, len(state), already_converted=True)
+        return OfficialConversion(state, source, len(state), already_converted=True)
     renamed = _rename_facebook(state)
     converted, position_keys = _collapse_shared_positions(renamed)
-    report = Conversion(
+    report = OfficialConversion(
         converted,
         source,
         len(state),
@@ -321,7 +314,7 @@ def convert_official(
     *,
     key: str | None = None,
     source_axis_order: str | None = None,
-) -> Conversion:
+) -> OfficialConversion:
     """:func:`convert_official_checkpoint` with a report of what was done (for the command)."""
     if source_axis_order is not None:
         _check_order(source_axis_order)
@@ -394,7 +387,3 @@ def official_checkpoint_filter(state_dict: Mapping[str, Any], model: nn.Module) 
         if want is not None and value.dim() == 2 and want.dim() == 4 and want.shape[2:] == (1, 1):
             converted[key] = value.reshape(want.shape)
     return converted
-
-
-#: The strict loader under its historical name (one implementation: :mod:`dcls_zoo.state_dicts`).
-load_checkpoint_strict = load_state_dict_strict

@@ -4,7 +4,7 @@
 :class:`PretrainedWeights` row: the Hugging Face Hub repo, file and revision of our safetensors
 file, its sha256, and a fallback (the authors' released file, converted on load) with its own
 sha256. To publish a model: push its export (``dcls-zoo push``), then fill in ``sha256`` (and
-``revision``, to pin it) in its row. How rows are used: :mod:`dcls_zoo.weights.build`.
+``revision``, to pin it) in its row. How rows are used: :mod:`dcls_zoo.weights.pretrained`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import timm
 
 from ..names import check_model_name
-from ..state_dicts import WEIGHTS_NAME
-from .fetch import PretrainedWeightsError
+from ..errors import PretrainedWeightsError
+from ..export_format import WEIGHTS_NAME
 
 __all__ = [
     "DEFAULT_FILENAME",

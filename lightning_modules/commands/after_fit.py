@@ -1,12 +1,12 @@
-"""The job after ``dcls-zoo fit``: test the best checkpoint, export it, print and save the summary.
+"""The job after ``dcls-zoo fit``: test the selected checkpoint, export it, print and save the summary.
 
-It runs from what the run wrote: the best checkpoint when validation ran, else the newest
-``last.ckpt`` (a run stopped by ``--trainer.max_steps`` mid-epoch has no best one), and says which.
+It runs from what the run wrote (:func:`lightning_modules.runs.selected_checkpoint`): the best
+checkpoint when validation ran, else the newest one (a run stopped by ``--trainer.max_steps``
+mid-epoch has no best one), and says which in the :class:`~lightning_modules.runs.RunSummary`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,27 +17,9 @@ from lightning.pytorch.utilities.model_summary import ModelSummary
 
 from ..checkpoints import export_checkpoint, load_checkpoint, select_weights
 from ..run_record import limitations, training_record
+from ..runs import RunSummary, selected_checkpoint
 
-__all__ = ["finish_fit", "format_summary", "model_size", "newest_checkpoint"]
-
-
-def newest_checkpoint(trainer: pl.Trainer) -> tuple[str, str]:
-    """``(path, which)`` of the checkpoint to test and export: the best one a monitoring
-    :class:`~lightning.pytorch.callbacks.ModelCheckpoint` kept, else the newest one any
-    checkpoint callback wrote (``which`` is ``"best"`` or ``"last"``); ``("", "none")`` if none."""
-    callbacks = trainer.checkpoint_callbacks
-    for callback in callbacks:
-        if callback.monitor and callback.best_model_path and Path(callback.best_model_path).is_file():
-            return callback.best_model_path, "best"
-    written = [
-        Path(path)
-        for callback in callbacks
-        for path in (callback.last_model_path, callback.best_model_path)
-        if path and Path(path).is_file()
-    ]
-    if not written:
-        return "", "none"
-    return str(max(written, key=lambda path: path.stat().st_mtime_ns)), "last"
+__all__ = ["finish_fit", "model_size"]
 
 
 def finish_fit(
@@ -49,59 +31,54 @@ def finish_fit(
     export: bool,
     fit_seconds: float,
     resumed_from: str | None = None,
-) -> dict[str, Any]:
+    fingerprint: str | None = None,
+) -> RunSummary:
     """Test and export the run's checkpoint as asked; write ``summary.json`` in the run folder.
 
     Args:
         test, export: ``--test_after_fit`` and ``--export_after_fit``.
         fit_seconds: the wall time of this ``trainer.fit`` (on a resume: of this part).
         resumed_from: the ``--ckpt_path`` the fit resumed from, if any.
+        fingerprint: the fingerprint of the run's settings.
 
     Returns:
         the summary (also printed on rank zero).
     """
     log_dir = trainer.log_dir  # a collective under DDP: every rank asks, here
-    summary: dict[str, Any] = {
-        "arch": model.hparams.arch,
-        "epochs": trainer.current_epoch,
-        "global_steps": trainer.global_step,
-        "fit_seconds": round(fit_seconds, 1),
-        "log_dir": log_dir,
-    }
-    if resumed_from:
-        summary["resumed_from"] = str(resumed_from)
-    checkpoint, which = newest_checkpoint(trainer)
-    if checkpoint:
-        summary[f"{which}_checkpoint"] = checkpoint
+    checkpoint, which = selected_checkpoint(trainer)
+    summary = RunSummary(
+        arch=model.hparams.arch, epochs=trainer.current_epoch, global_steps=trainer.global_step,
+        fit_seconds=round(fit_seconds, 1), log_dir=log_dir, resumed_from=str(resumed_from) if resumed_from else None,
+        checkpoint=checkpoint or None, checkpoint_kind=which, fingerprint=fingerprint,
+    )
     for callback in trainer.checkpoint_callbacks:
         if callback.monitor and callback.best_model_score is not None:
-            summary[f"best_{callback.monitor}"] = round(float(callback.best_model_score), 4)
+            summary.best_validation[f"best_{callback.monitor}"] = round(float(callback.best_model_score), 4)
             break
     if test:
         if checkpoint:
             # Load the weights ourselves: trainer.test(ckpt_path=...) right after fit lets an EMA
             # callback, still set up, put the checkpoint's raw weights back instead of the averaged
             # ones the checkpoint was selected by.
-            state, summary["tested_weights"] = select_weights(load_checkpoint(checkpoint))
+            state, summary.tested_weights = select_weights(load_checkpoint(checkpoint))
             model.load_state_dict(state)
         results = trainer.test(model, datamodule=datamodule)
-        summary.update({key: round(float(value), 4) for key, value in (results[0] if results else {}).items()})
-        images = _test_images(trainer)
-        if images is not None:
-            summary["test_images"] = images
-    summary.update(model_size(model))  # of the tested weights (DCLS: their positions set the MACs)
+        summary.test = {key: round(float(value), 4) for key, value in (results[0] if results else {}).items()}
+        summary.test_images = _test_images(trainer)
+    # of the tested weights (DCLS: their positions set the MACs)
+    summary.params, summary.macs_per_image = model_size(model)
     if export and trainer.is_global_zero:
         if checkpoint:
             card = {"training": training_record(trainer, model, datamodule, summary),
                     "limitations": limitations(datamodule, summary)}
-            summary["export_dir"] = str(_export(checkpoint, summary, datamodule, card,
-                                                Path(log_dir or trainer.default_root_dir)))
+            summary.export_dir = str(_export(checkpoint, summary, datamodule, card,
+                                             Path(log_dir or trainer.default_root_dir)))
         else:  # fast_dev_run, or no ModelCheckpoint callback
-            summary["export_dir"] = "skipped: the run wrote no checkpoint (add a ModelCheckpoint callback)"
+            summary.export_dir = "skipped: the run wrote no checkpoint (add a ModelCheckpoint callback)"
     if trainer.is_global_zero:
-        print(format_summary(summary), flush=True)  # the job's result, on stdout
+        print("\n".join(summary.lines()), flush=True)  # the job's result, on stdout
         if log_dir:
-            Path(log_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            summary.write(log_dir)
     return summary
 
 
@@ -116,8 +93,8 @@ def _test_images(trainer: pl.Trainer) -> int | None:
     return min(len(dataset), int(batches[0]) * batch_size)  # test loaders keep every example (no drop_last)
 
 
-def model_size(model: pl.LightningModule) -> dict[str, int]:
-    """``{"params": ..., "macs_per_image": ...}`` of the trained network.
+def model_size(model: pl.LightningModule) -> tuple[int, int | None]:
+    """``(params, macs_per_image)`` of the trained network.
 
     Lightning's :class:`~lightning.pytorch.utilities.model_summary.ModelSummary` counts the
     parameters (each shared tensor once) and, with the module's ``example_input_array`` (one
@@ -127,16 +104,14 @@ def model_size(model: pl.LightningModule) -> dict[str, int]:
     example input).
     """
     size = ModelSummary(model, max_depth=0)
-    counts = {"params": int(size.total_parameters)}
-    if model.example_input_array is not None:
-        counts["macs_per_image"] = int(size.total_flops) // 2
-    return counts
+    macs = int(size.total_flops) // 2 if model.example_input_array is not None else None
+    return int(size.total_parameters), macs
 
 
-def _export(checkpoint: str, summary: Mapping[str, Any], datamodule: pl.LightningDataModule,
+def _export(checkpoint: str, summary: RunSummary, datamodule: pl.LightningDataModule,
             run_card: Mapping[str, Any], run_dir: Path) -> Path:
     """Export ``checkpoint`` to ``<run_dir>/export`` with the run's metrics, recipe and limitations."""
-    metrics = {key: value for key, value in summary.items() if key.startswith(("test/", "best_val"))}
+    metrics = {**summary.test, **summary.best_validation}
     card = {"metrics": metrics, "dataset": getattr(datamodule, "hub_dataset", None), **run_card}
     directory, _ = export_checkpoint(
         checkpoint,
@@ -146,10 +121,3 @@ def _export(checkpoint: str, summary: Mapping[str, Any], datamodule: pl.Lightnin
         model_card={key: value for key, value in card.items() if value},
     )
     return directory
-
-
-def format_summary(summary: Mapping[str, Any]) -> str:
-    """The summary as an aligned two-column block."""
-    width = max(len(key) for key in summary)
-    lines = ["", "dcls-zoo fit summary", "-" * 20] + [f"{key:<{width}}  {value}" for key, value in summary.items()]
-    return "\n".join(lines)

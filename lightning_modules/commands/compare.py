@@ -25,9 +25,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import yaml
-from PIL import Image
 from tqdm import tqdm
 
+from dcls_zoo.figures import save_png
 from dcls_zoo.machine import machine_description
 
 from ..comparison import (
@@ -41,8 +41,7 @@ from ..comparison import (
     runs_table,
     summarise,
 )
-from ..position_monitor import render
-from .train import runs_newest_first
+from ..runs import CHECKPOINTS_DIR, LAST_NAME, runs_newest_first
 
 __all__ = ["run"]
 
@@ -76,7 +75,7 @@ def _state(out: Path, arm: Arm, seed: int) -> tuple[RunResult | None, Path | Non
     result = read_run(newest[0], arm.name, seed)
     if result is not None:
         return result, None
-    last = newest[0] / "checkpoints" / "last.ckpt"
+    last = newest[0] / CHECKPOINTS_DIR / LAST_NAME
     return None, (last if last.is_file() else None)
 
 
@@ -131,7 +130,7 @@ def _write_results(comparison: Comparison, out: Path, command: str, results: lis
             writer.writerow([r.arm, arms[r.arm].arch, r.seed, r.test_top1, r.best_val_top1, r.fit_seconds, r.params, r.macs])
     if results:
         figure = plot_comparison(comparison.arms, results, comparison.title)
-        Image.fromarray(render(figure)).save(out / "results.png")
+        save_png(figure, out / "results.png")
 
 
 def _command_line(args: argparse.Namespace) -> str:

@@ -16,10 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import timm
-
 import dcls_zoo
-from dcls_zoo.state_dicts import WEIGHTS_NAME as SAFETENSORS_NAME
+from dcls_zoo.export_format import WEIGHTS_NAME, provenance, weights_metadata
+from dcls_zoo.names import check_model_name
 from dcls_zoo.state_dicts import load_state_dict_strict, save_safetensors
 from dcls_zoo.weights.official import convert_official
 
@@ -27,7 +26,7 @@ __all__ = ["run"]
 
 
 def _output_path(out: Path) -> Path:
-    return out if out.suffix == ".safetensors" else out / SAFETENSORS_NAME
+    return out if out.suffix == ".safetensors" else out / WEIGHTS_NAME
 
 
 def _fail(message: str) -> int:
@@ -37,8 +36,11 @@ def _fail(message: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """``dcls-zoo convert`` (options: :func:`~lightning_modules.commands.arguments.add_convert_arguments`)."""
-    if not args.no_check and not timm.is_model(args.arch.split(".", 1)[0]):
-        return _fail(f"unknown arch {args.arch!r}; dcls-zoo models: {', '.join(dcls_zoo.list_models())}")
+    if not args.no_check:
+        try:
+            check_model_name(args.arch, "arch")
+        except ValueError as error:
+            return _fail(str(error))
     try:
         conversion = convert_official(
             args.checkpoint, args.arch, key=args.key, source_axis_order=args.source_axis_order
@@ -62,25 +64,20 @@ def run(args: argparse.Namespace) -> int:
             return _fail(f"{error} (arch {args.arch})")
         print(f"checked: loads strictly into {args.arch}" + (f" (num_classes={num_classes})" if num_classes else ""))
 
+    source = {"kind": "the authors' release", "file": args.checkpoint.name, "entry": conversion.source,
+              "axis_order": conversion.axis_order or ""}
     if args.out.suffix != ".safetensors" and not args.no_check:
         # A directory gets a whole Hub export (config.json, weights, model card), ready for
         # `dcls-zoo push DIR --repo-id ...` and `create_model("local-dir:DIR", pretrained=True)`.
         card = {"description": f"Converted by dcls-zoo from the authors' release {args.checkpoint.name} "
                                f"(entry {conversion.source!r}, positions {conversion.axis_order or 'hw'}-first "
                                "in the file, row-first here)."}
-        directory = dcls_zoo.save_pretrained(model, args.out, model_card=card)
+        directory = dcls_zoo.save_pretrained(model, args.out, model_card=card, source=source)
         print(f"wrote the export {directory}: " + ", ".join(sorted(p.name for p in Path(directory).iterdir())))
         return 0
     path = _output_path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {
-        "format": "pt",
-        "arch": args.arch,
-        "source_file": args.checkpoint.name,
-        "source_entry": conversion.source,
-        "source_axis_order": conversion.axis_order or "",
-        "converted_by": f"dcls-zoo {dcls_zoo.__version__}",
-    }
+    metadata = weights_metadata(provenance(args.arch, {}, source=source))
     # safetensors refuses views and shared storage; after the collapse nothing is shared, and
     # contiguous() covers any view (e.g. a flip of a non-contiguous tensor). The write is atomic.
     tensors = {key: value.detach().contiguous() for key, value in state.items()}

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dcls_zoo.errors import DclsZooError
+
 from ..checkpoints import export_checkpoint
 
 __all__ = ["run"]
@@ -24,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
         directory, notes = export_checkpoint(
             args.checkpoint, args.out, ema=args.ema, arch=args.arch, num_classes=args.num_classes, prefix=args.prefix
         )
-    except (ValueError, OSError, RuntimeError) as error:  # bad input, a full disk, weights that cannot be read
+    except (DclsZooError, ValueError, OSError) as error:  # bad input, a full disk, weights that cannot be read
         print(f"dcls-zoo export: error: {error}", file=sys.stderr)
         return 1
     print(f"read {args.checkpoint}: {notes}")

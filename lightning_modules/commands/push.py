@@ -21,7 +21,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dcls_zoo.hub import PushError, require_token, upload_export
+from dcls_zoo.errors import DclsZooError
+from dcls_zoo.hub import require_token, upload_export
 
 from ..checkpoints import export_checkpoint
 
@@ -54,9 +55,7 @@ def run(args: argparse.Namespace) -> int:
             result = upload_export(directory, args.repo_id, **common)
         else:
             return _fail(f"{source} does not exist")
-    except PushError as error:
-        return _fail(str(error))
-    except ValueError as error:
+    except (DclsZooError, ValueError, OSError) as error:  # a failed upload, a bad or tampered export, a full disk
         return _fail(str(error))
     print(f"exported to {result.local_dir}")
     print(f"pushed to {result.repo_id}@{result.revision}: {result.commit_url or result.commit_oid}")

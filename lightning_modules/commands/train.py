@@ -16,18 +16,16 @@ What the template adds to LightningCLI:
 from __future__ import annotations
 
 import contextlib
-import re
 import sys
 import time
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
-from dcls_zoo.weights.fetch import PretrainedWeightsError
+from dcls_zoo.errors import PretrainedWeightsError
 
 from ..averaging import WarmupEMAWeightAveraging
 from ..callbacks import CSVMetricsResume, EpochSeed, HubPushCallback
@@ -37,9 +35,19 @@ from ..method import ClampPositions, SigmaSchedule
 from ..module import ImageClassifier, NonFiniteLossError, restoring_from_checkpoint
 from ..position_monitor import PositionMonitor
 from ..predictions import PredictionsCSV
+from ..runs import (
+    CKPT_PATH_NAMES,
+    evaluation_folder,
+    experiment_dir,
+    file_loggers,
+    named_checkpoint,
+    run_folder_of,
+    runs_newest_first,
+    version_of,
+)
 from . import after_fit
 
-__all__ = ["DclsCLI", "cli_main", "run", "run_folder_of", "runs_newest_first"]
+__all__ = ["DclsCLI", "cli_main", "run"]
 
 #: Classes configs may name by their short names (``class_path: ClampPositions``): jsonargparse
 #: resolves a short name among the subclasses that are imported, so they are imported here.
@@ -47,64 +55,6 @@ CONFIG_CLASSES = (
     ClampPositions, SigmaSchedule, PositionMonitor, EpochSeed, HubPushCallback, CSVMetricsResume, WarmupEMAWeightAveraging,
     FashionMNISTDataModule, ImageFolderDataModule, SyntheticDataModule,
 )
-
-#: Lightning's own ``--ckpt_path`` values (resolved by the Trainer, not files).
-CKPT_PATH_NAMES = ("last", "best", "hpc")
-
-#: Loggers that write into ``save_dir/name/version`` (their ``init_args`` set the run folder).
-FILE_LOGGERS = ("CSVLogger", "TensorBoardLogger")
-
-
-def run_folder_of(ckpt_path: str | Path | None) -> Path | None:
-    """The run folder a checkpoint was written in (``<run>/checkpoints/<file>.ckpt`` -> ``<run>``,
-    absolute), or None."""
-    if not ckpt_path or str(ckpt_path) in CKPT_PATH_NAMES or str(ckpt_path).startswith("registry"):
-        return None
-    path = Path(ckpt_path).resolve()
-    return path.parent.parent if path.parent.name == "checkpoints" else None
-
-
-def _version_of(run: Path) -> int | None:
-    """N of a ``version_N`` run folder (the loggers' numbering), else None."""
-    match = re.fullmatch(r"version_(\d+)", run.name)
-    return int(match.group(1)) if match else None
-
-
-def runs_newest_first(experiment: Path) -> list[Path]:
-    """``<experiment>/version_N`` folders, highest N first."""
-    runs = [run for run in experiment.glob("version_*") if _version_of(run) is not None]
-    return sorted(runs, key=_version_of, reverse=True)
-
-
-def _experiment_dir(loggers: list[Any]) -> Path:
-    """``<save_dir>/<name>`` of the first file logger: the folder that holds this config's runs."""
-    first = loggers[0].init_args
-    return Path(first.get("save_dir") or ".") / (first.get("name") or "")
-
-
-def _named_checkpoint(run: Path, name: str) -> Path | None:
-    """A run's ``last.ckpt``, or (``name="best"``) the best checkpoint its last one records."""
-    last = run / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        return None
-    if name == "last":
-        return last
-    for key, state in load_checkpoint(last, mmap=True).get("callbacks", {}).items():
-        best = state.get("best_model_path") if key.startswith("ModelCheckpoint") and isinstance(state, dict) else None
-        if best and state.get("monitor") is not None and Path(best).is_file():
-            return Path(best)
-    return None
-
-
-def _file_loggers(trainer_config: Any) -> list[Any]:
-    """The CSV/TensorBoard logger entries of a trainer config (jsonargparse namespaces)."""
-    loggers = trainer_config.get("logger")
-    entries = loggers if isinstance(loggers, list) else [loggers]
-    return [
-        entry for entry in entries
-        if hasattr(entry, "get") and str(entry.get("class_path", "")).rsplit(".", 1)[-1] in FILE_LOGGERS
-    ]
-
 
 class DclsCLI(LightningCLI):
     """LightningCLI for :class:`ImageClassifier` and any DataModule.
@@ -141,13 +91,13 @@ class DclsCLI(LightningCLI):
         name = config.get("ckpt_path")
         if name not in ("last", "best"):
             return
-        loggers = _file_loggers(config.trainer)
+        loggers = file_loggers(config.trainer)
         if not loggers:
             self._fail(f"--ckpt_path {name}: the config has no CSV/TensorBoard logger to find its runs by; "
                        "pass the checkpoint's path")
-        experiment = _experiment_dir(loggers)
+        experiment = experiment_dir(loggers)
         for run in runs_newest_first(experiment):
-            path = _named_checkpoint(run, name)
+            path = named_checkpoint(run, name)
             if path is not None:
                 print(f"dcls-zoo {subcommand}: --ckpt_path {name} is {path}", file=sys.stderr)
                 config.ckpt_path = str(path)
@@ -174,21 +124,20 @@ class DclsCLI(LightningCLI):
         """Point the file loggers at the checkpoint's run folder (see the module's docstring)."""
         config = self.config[self.subcommand]
         run = run_folder_of(config.get("ckpt_path"))
-        loggers = _file_loggers(config.trainer)
+        loggers = file_loggers(config.trainer)
         if run is None or not loggers:
             return
         if self.subcommand == "fit":
             # Continue the run only if it is one of this config's runs (<save_dir>/<name>/version_N).
-            version = _version_of(run)
-            if version is not None and _experiment_dir(loggers).resolve() == run.parent:
+            version = version_of(run)
+            if version is not None and experiment_dir(loggers).resolve() == run.parent:
                 for entry in loggers:
                     if entry.init_args.get("version") is None:
                         entry.init_args.version = version
             return
+        save_dir, name, version = evaluation_folder(run, self.subcommand, config.ckpt_path)
         for entry in loggers:  # test / validate / predict: <run>/<command>/<checkpoint stem>/
-            entry.init_args.save_dir = str(run / self.subcommand)
-            entry.init_args.name = ""
-            entry.init_args.version = Path(config.ckpt_path).stem
+            entry.init_args.save_dir, entry.init_args.name, entry.init_args.version = str(save_dir), name, version
 
     def instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else None

@@ -1,4 +1,4 @@
-"""Building a model with pretrained weights: which file, fetched how, read how.
+"""Pretrained weights: which file, fetched how, read how, and a model built with them.
 
 The registered builders (:mod:`dcls_zoo.models.convnext_dcls`, :mod:`dcls_zoo.models.resnet_dcls`)
 build through :func:`build_model_with_weights`, so ``timm.create_model``,
@@ -22,68 +22,35 @@ Explicit sources from the caller's code still work as in timm: ``pretrained_cfg_
 loads only that URL (unchecked: no recorded checksum; its file name is confined to the download
 cache); ``dict(hf_hub_id="org/repo@revision")`` (or ``create_model(..., revision=...)``) loads only
 that Hub revision; ``dict(file=...)``/``dict(state_dict=...)`` are left to timm.
-
-**Exports** (``local-dir:DIR`` and ``hf-hub:org/repo`` names, :func:`create_from_source`): the
-config is read here first (a non-JSON ``config.json`` is named), the weight files' sha256 recorded
-by :func:`dcls_zoo.save_pretrained` are verified, and the safetensors file is checked to be whole;
-then timm builds the model from the verified files. ``timm.create_model("hf-hub:...")`` called
-directly skips these checks.
-
-**Rebuilding from saved weights never downloads**: :func:`without_weight_sources` drops the
-arguments that would fetch weights (``pretrained``, ``pretrained_cfg``, ``pretrained_cfg_overlay``,
-``checkpoint_path``, ``cache_dir``) from a checkpoint's model arguments, with a log line.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import timm
-from timm.models import build_model_with_cfg
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 from torch import Tensor, nn
 
-from ..names import SOURCE_PREFIXES, check_model_name
-from ..state_dicts import CONFIG_NAME, WEIGHTS_NAME, WeightsFileError, load_torch_file, read_safetensors, sha256_file
-from .fetch import (
-    HubUnreachableError,
-    NotOnHubError,
-    PretrainedWeightsError,
-    confined_path,
-    download_dir,
-    hf_cache_dir,
-    hub_download_errors,
-    hub_file,
-    hub_unreachable_error,
-    offline,
-    url_file,
-    url_file_name,
-    verify_sha256,
-    WeightsReadError,
-)
+from ..errors import HubUnreachableError, NotOnHubError, PretrainedWeightsError, WeightsFileError, WeightsReadError
+from ..names import check_model_name
+from ..state_dicts import load_torch_file, read_safetensors, verify_sha256
+from .hub_files import hub_file
+from .network import hub_unreachable_error
 from .official import convert_official_checkpoint
 from .table import DEFAULT_FILENAME, PRETRAINED_WEIGHTS, get_pretrained_weights, hub_id_at_revision
+from .url_files import url_file, url_file_name
 
 __all__ = [
-    "MANIFEST_KEY",
-    "WEIGHT_SOURCE_ARGUMENTS",
     "ZENODO_URL_ENV",
     "WeightsFile",
     "build_model_with_weights",
-    "create_from_source",
-    "export_manifest",
-    "export_state_dict",
     "fetch_pretrained",
     "load_pretrained_state_dict",
-    "read_export_config",
-    "verify_export",
-    "without_weight_sources",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -91,10 +58,6 @@ _logger = logging.getLogger(__name__)
 #: Environment variable: base URL of a mirror of the authors' Zenodo files (the file name is
 #: appended), used instead of zenodo.org for the fallback. The table's checksums still apply.
 ZENODO_URL_ENV = "DCLS_ZOO_ZENODO_URL"
-#: The ``config.json`` entry in which :func:`dcls_zoo.save_pretrained` records its files' sha256.
-MANIFEST_KEY = "dcls_zoo"
-#: ``create_model`` arguments that fetch or read weights from somewhere.
-WEIGHT_SOURCE_ARGUMENTS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
 
 
 def _available() -> str:
@@ -397,201 +360,3 @@ def _pretrained_cfgs(model: nn.Module) -> list[dict[str, Any]]:
     return found
 
 
-# --------------------------------------------------------------------------------------------
-# exports: local-dir: and hf-hub: sources, verified
-
-
-def export_manifest(directory: str | os.PathLike[str], names: tuple[str, ...] = (WEIGHTS_NAME,)) -> dict[str, Any]:
-    """The ``config.json`` entry that records the export's weight files: ``{"files": {name: {"sha256", "size"}}}``."""
-    directory = Path(directory)
-    return {"files": {name: {"sha256": sha256_file(directory / name), "size": (directory / name).stat().st_size} for name in names}}
-
-
-def read_export_config(path: str | os.PathLike[str], what: str | None = None) -> dict[str, Any]:
-    """An export's ``config.json`` (``path`` is the file or its directory), as a dict.
-
-    Raises:
-        FileNotFoundError: no such file.
-        WeightsFileError: not JSON, or not a JSON object with an ``architecture`` (naming the file).
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CONFIG_NAME
-    what = what or os.fspath(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: no {CONFIG_NAME} ({path} does not exist); an export directory holds one")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise WeightsFileError(f"{what}: {path} is not valid JSON ({error}); export the model again") from error
-    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
-        raise WeightsFileError(f"{what}: {path} is not a timm model config (no 'architecture' string)")
-    _check_config_values(config, path, what)
-    return config
-
-
-#: The most classes a config may ask for (a classifier of 1M classes is already a 1 GB matrix).
-_MAX_CLASSES = 1_000_000
-
-
-def _check_config_values(config: Mapping[str, Any], path: Path, what: str) -> None:
-    """Refuse a config whose values would make the model build do something else than build it."""
-    try:
-        check_model_name(config["architecture"], "architecture", f"{what}'s config.json")
-    except ValueError as error:
-        raise WeightsFileError(str(error)) from error
-    model_args = config.get("model_args", {})
-    if not isinstance(model_args, Mapping):
-        raise WeightsFileError(f"{what}: {path}'s model_args is a {type(model_args).__name__}, not a mapping")
-    sources = sorted(set(model_args) & set(WEIGHT_SOURCE_ARGUMENTS))
-    if sources:
-        raise WeightsFileError(
-            f"{what}: {path}'s model_args name weight sources ({', '.join(sources)}); an export holds its weights "
-            "itself and is never loaded with them. Remove them (or export the model again)"
-        )
-    for key, value in (("num_classes", config.get("num_classes")), ("model_args.num_classes", model_args.get("num_classes"))):
-        if value is not None and not (isinstance(value, int) and 0 <= value <= _MAX_CLASSES):
-            raise WeightsFileError(f"{what}: {path}'s {key} is {value!r}; expected an integer in [0, {_MAX_CLASSES:,}]")
-
-
-def _recorded_files(config: Mapping[str, Any], what: str) -> dict[str, str]:
-    if MANIFEST_KEY not in config:
-        return {}  # not exported by dcls-zoo (e.g. timm's own save_for_hf)
-    manifest = config[MANIFEST_KEY]
-    files = manifest.get("files") if isinstance(manifest, Mapping) else None
-    if not isinstance(files, Mapping) or not files:
-        raise WeightsFileError(
-            f"{what}: config.json's {MANIFEST_KEY!r} entry records no weight files ({MANIFEST_KEY}.files); it was "
-            "edited after export. Export the model again"
-        )
-    recorded = {}
-    for name, entry in files.items():
-        sha = entry.get("sha256") if isinstance(entry, Mapping) else None
-        if not isinstance(name, str) or not isinstance(sha, str):
-            raise WeightsFileError(f"{what}: config.json's {MANIFEST_KEY}.files entry {name!r} has no sha256 string")
-        recorded[name] = sha
-    return recorded
-
-
-def verify_export(directory: str | os.PathLike[str], config: Mapping[str, Any], what: str) -> bool:
-    """Check the weight files of an export against the sha256 its ``config.json`` records, and
-    that its safetensors file is whole.
-
-    Returns:
-        True when checksums were recorded and match; False for an export without them (written by
-        timm or an older dcls-zoo: logged, the file is still checked to be readable).
-
-    Raises:
-        ChecksumMismatchError: a file whose sha256 differs (tampered, truncated, replaced).
-        UnsafeFileNameError: a recorded name that is not a plain file name.
-        WeightsFileError: a missing, truncated or garbled weights file.
-    """
-    directory = Path(directory)
-    recorded = _recorded_files(config, what)
-    for name, sha in recorded.items():
-        path = confined_path(directory, name, f"{what}'s config.json")
-        if not path.is_file():
-            raise WeightsFileError(f"{what}: {path} is missing (config.json records it)")
-        verify_sha256(path, sha, f"{what}: {name}", advice="Export the model again (or restore the original file).")
-    weights = directory / WEIGHTS_NAME
-    if WEIGHTS_NAME not in recorded:
-        _logger.warning("%s: no checksum recorded for %s (not exported by dcls-zoo); not verified", what, WEIGHTS_NAME)
-        _check_safetensors_whole(weights, what)
-    return bool(recorded)
-
-
-def _check_safetensors_whole(path: Path, what: str) -> None:
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
-        raise WeightsFileError(f"{what}: no {WEIGHTS_NAME} ({path} does not exist)")
-    try:
-        with safe_open(os.fspath(path), framework="pt") as file:
-            file.keys()
-    except (SafetensorError, OSError, ValueError) as error:
-        raise WeightsFileError(
-            f"{what}: {path} ({path.stat().st_size:,} bytes) is truncated or not a safetensors file ({error}); "
-            "download or export it again"
-        ) from error
-
-
-def export_state_dict(directory: str | os.PathLike[str]) -> tuple[dict[str, Tensor], str]:
-    """The verified state dict of an export directory, and a phrase describing it.
-
-    Raises:
-        as :func:`read_export_config` and :func:`verify_export`.
-    """
-    directory = Path(directory)
-    what = f"export {directory}"
-    config = read_export_config(directory, what)
-    checked = verify_export(directory, config, what)
-    state = read_safetensors(directory / WEIGHTS_NAME, what=f"{what}: {WEIGHTS_NAME}")
-    return state, what + (" (sha256-verified)" if checked else " (no checksums recorded)")
-
-
-def _split_source(name: str) -> tuple[str, str]:
-    for prefix in SOURCE_PREFIXES:
-        if name.startswith(prefix):
-            return prefix.replace("_", "-"), name[len(prefix) :]
-    raise ValueError(f"{name!r} names no source (expected one of {', '.join(SOURCE_PREFIXES)})")
-
-
-def create_from_source(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """``timm.create_model`` for ``local-dir:DIR`` and ``hf-hub:org/repo[@revision]`` names, after
-    reading and verifying the export (see the module docstring).
-
-    For ``hf-hub:`` the files are fetched once (under the network deadline and with its advice
-    on failure) at one commit, and timm then builds from that commit's cached files.
-
-    Raises:
-        WeightsFileError / ChecksumMismatchError: a broken or tampered export (naming the file).
-        HubUnreachableError: no Hub and no cached copy.
-        NotOnHubError: no such repo or file.
-    """
-    kind, target = _split_source(name)
-    if kind == "local-dir:":
-        directory = Path(target).expanduser()
-        if not directory.is_dir():
-            raise FileNotFoundError(f"{name!r}: {directory} is not a directory (an export directory from save_pretrained)")
-        config = read_export_config(directory, name)
-        if pretrained:
-            verify_export(directory, config, name)
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
-    repo_id, _, revision = target.partition("@")
-    cache_dir = kwargs.get("cache_dir")
-    with hub_download_errors(name):
-        config_file = hub_file(repo_id, CONFIG_NAME, revision=revision or None, cache_dir=cache_dir, what=name)
-        config = read_export_config(config_file.path, name)
-        commit = config_file.commit or revision or None
-        if pretrained:
-            recorded = _recorded_files(config, name)
-            for filename in recorded or {WEIGHTS_NAME: None}:
-                found = hub_file(repo_id, filename, revision=commit, cache_dir=cache_dir, what=name)
-                if filename in recorded:
-                    verify_sha256(found.path, recorded[filename], f"{name}: {filename}")
-            if not recorded:
-                _logger.info("%s: no checksums recorded (not pushed by dcls-zoo); %s not verified", name, WEIGHTS_NAME)
-                _check_safetensors_whole(found.path, name)
-        pinned = f"hf-hub:{repo_id}@{commit}" if commit else name
-        return timm.create_model(pinned, pretrained=pretrained, **kwargs)
-
-
-# --------------------------------------------------------------------------------------------
-# rebuilding from saved weights
-
-
-def without_weight_sources(model_kwargs: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """``model_kwargs`` without the arguments that fetch or read weights (:data:`WEIGHT_SOURCE_ARGUMENTS`).
-
-    A model rebuilt to receive saved weights takes them from the saved file, so such arguments
-    from a checkpoint are dropped (logged as a warning naming them and ``what``), never followed.
-    """
-    dropped = sorted(key for key in model_kwargs if key in WEIGHT_SOURCE_ARGUMENTS)
-    if dropped:
-        _logger.warning(
-            "%s: ignoring the model arguments %s: a model rebuilt from saved weights takes them from the file "
-            "and downloads nothing",
-            what,
-            ", ".join(dropped),
-        )
-    return {key: value for key, value in model_kwargs.items() if key not in WEIGHT_SOURCE_ARGUMENTS}
