@@ -90,6 +90,8 @@ class CSVMetricsResume(Callback):
     (Lightning opens, and empties, the CSV files when fitting starts, before any callback hook).
     """
 
+    changes_results = False  # keeps logs: not a setting of the run (lightning_modules.runs)
+
     CHECKPOINT_KEY = "dcls_zoo_csv_rows"
 
     def __init__(self) -> None:
@@ -180,6 +182,8 @@ class HubPushCallback(Callback):
         export_dir: where the exports go (default ``<trainer.default_root_dir>/hub_export``).
         revision, private, token, model_card: passed to :func:`dcls_zoo.push_to_hub`.
     """
+
+    changes_results = False  # publishes: not a setting of the run (lightning_modules.runs)
 
     def __init__(
         self,

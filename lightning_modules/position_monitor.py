@@ -94,6 +94,8 @@ class PositionMonitor(Callback):
         kernels: draw ``kernels.png`` (one ``kernel()`` call per DCLS layer per snapshot).
     """
 
+    changes_results = False  # watches the positions: not a setting of the run (lightning_modules.runs)
+
     def __init__(
         self,
         dirpath: str | Path | None = None,

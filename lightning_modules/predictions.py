@@ -27,6 +27,8 @@ class PredictionsCSV(BasePredictionWriter):
         path: the file (default ``<trainer.log_dir>/predictions.csv``).
     """
 
+    changes_results = False  # writes predictions: not a setting of the run
+
     def __init__(self, top_k: int = 5, path: str | Path | None = None) -> None:
         super().__init__(write_interval="epoch")
         if top_k < 1:

@@ -25,6 +25,8 @@ class CrossEntropyClassifier(pl.LightningModule):
 class StopAfterEpoch(Callback):
     """Ends fitting after epoch ``epoch`` as an interruption would (the epoch's checkpoint is written)."""
 
+    changes_results = False  # an interruption, not a setting: the run resumes without it
+
     def __init__(self, epoch: int = 0) -> None:
         self.epoch = epoch
 
@@ -38,6 +40,8 @@ class RecordLabels(Callback):
     """Appends each training batch's labels, one JSON line per step, to ``labels.jsonl`` in the
     working directory: the order of the samples a run trained on, comparable across runs."""
 
+    changes_results = False  # watches only
+
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         with open("labels.jsonl", "a") as file:
             file.write(json.dumps({"step": trainer.global_step, "labels": batch[1].tolist()}) + "\n")
@@ -45,6 +49,8 @@ class RecordLabels(Callback):
 
 class StopAfterStep(Callback):
     """Ends fitting after optimizer step ``step``, mid-epoch, as an interruption would."""
+
+    changes_results = False  # an interruption, not a setting: the run resumes without it
 
     def __init__(self, step: int = 2) -> None:
         self.step = step

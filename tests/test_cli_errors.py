@@ -29,7 +29,7 @@ def garbage_checkpoint(tmp_path) -> Path:
         (["--model.optimizer.init_args.lr=-1"], "model.optimizer: Invalid learning rate: -1.0"),
         (["--trainer.max_epochs=-5"], "trainer: `max_epochs` must be a non-negative integer"),
         (["--ckpt_path=missing/last.ckpt"], "--ckpt_path: checkpoint 'missing/last.ckpt' does not exist"),
-        (["--ckpt_path=last"], "--ckpt_path last: no run under logs/quickstart/version_* has a last checkpoint"),
+        (["--ckpt_path=last"], "--ckpt_path last: no run of this config under logs/quickstart"),
         (["--model.mixup_alpha=0.8", "--data.init_args.batch_size=63"], "needs an even batch size; pass an even --data.init_args.batch_size"),
         (["--model.pretrained=in1k"], "No pretrained weights exist for convnext_dcls_atto.in1k; weights exist for"),
         (["--data.init_args.data_dir=/nowhere"], "data_dir='/nowhere': Fashion-MNIST test files not found"),

@@ -16,9 +16,11 @@ What the template adds to LightningCLI:
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -37,17 +39,27 @@ from ..position_monitor import PositionMonitor
 from ..predictions import PredictionsCSV
 from ..runs import (
     CKPT_PATH_NAMES,
+    RESUMABLE_CHANGES,
+    RecordRunIdentity,
+    RunIdentity,
+    describe_differences,
+    epochs_done,
     evaluation_folder,
     experiment_dir,
     file_loggers,
     named_checkpoint,
     run_folder_of,
     runs_newest_first,
+    same_config,
+    setting_differences,
     version_of,
 )
 from . import after_fit
 
-__all__ = ["DclsCLI", "cli_main", "run"]
+__all__ = ["DRY_RUN_PREFIX", "DclsCLI", "cli_main", "run"]
+
+#: The stdout line of ``fit --dry_run=true``: this prefix, then the run's identity as JSON.
+DRY_RUN_PREFIX = "dcls-zoo run: "
 
 #: Classes configs may name by their short names (``class_path: ClampPositions``): jsonargparse
 #: resolves a short name among the subclasses that are imported, so they are imported here.
@@ -76,6 +88,11 @@ class DclsCLI(LightningCLI):
         parser.add_argument(
             "--export_after_fit", type=bool, default=False, help="fit only: export the best checkpoint to <log_dir>/export"
         )
+        parser.add_argument(
+            "--dry_run", type=bool, default=False,
+            help="fit only: build the model, the data and the trainer, check them, print the run's settings and "
+            "fingerprint (a line starting with 'dcls-zoo run: ') and stop before training",
+        )
 
     def _fail(self, message: str) -> NoReturn:
         """A wrong value: one line that leads with it (exit 2), not the argument parser's usage dump."""
@@ -84,9 +101,21 @@ class DclsCLI(LightningCLI):
         print(f"{command}: error: {message}\n({command} --help lists the options)", file=sys.stderr)
         raise SystemExit(2)
 
+    def _this_configs_runs(self, experiment: Path) -> tuple[list[Path], list[str]]:
+        """This config's runs under ``experiment``, newest first, and a note on the others there."""
+        mine, others = [], []
+        for run in runs_newest_first(experiment):
+            recorded = RunIdentity.read(run)
+            if recorded is not None and same_config(recorded, self._identity):
+                mine.append(run)
+            else:
+                model = (recorded.settings.get("model") or {}).get("arch") if recorded else None
+                others.append(f"{run.name} ({model or 'no run.json'})")
+        return mine, others
+
     def _resolve_named_ckpt_path(self, subcommand: str) -> None:
-        """``--ckpt_path last|best``: the newest run of this config that has one (Lightning looks
-        only in the new run's own, empty, folder and starts from scratch)."""
+        """``--ckpt_path last|best``: that checkpoint of this config's newest run (the newest run made
+        with the same model and data), never another config's run nor, silently, an older one."""
         config = self.config[subcommand]
         name = config.get("ckpt_path")
         if name not in ("last", "best"):
@@ -96,28 +125,67 @@ class DclsCLI(LightningCLI):
             self._fail(f"--ckpt_path {name}: the config has no CSV/TensorBoard logger to find its runs by; "
                        "pass the checkpoint's path")
         experiment = experiment_dir(loggers)
-        for run in runs_newest_first(experiment):
-            path = named_checkpoint(run, name)
-            if path is not None:
-                print(f"dcls-zoo {subcommand}: --ckpt_path {name} is {path}", file=sys.stderr)
-                config.ckpt_path = str(path)
-                return
-        self._fail(f"--ckpt_path {name}: no run under {experiment}/version_* has a {name} checkpoint; "
-                   "pass the checkpoint's path")
+        mine, others = self._this_configs_runs(experiment)
+        if not mine:
+            elsewhere = f"; the runs there were made with other settings: {', '.join(others[:4])}" if others else ""
+            self._fail(f"--ckpt_path {name}: no run of this config under {experiment}{elsewhere}; pass the "
+                       "checkpoint's path")
+        newest = mine[0]
+        try:
+            path = named_checkpoint(newest, name)
+        except ValueError as error:  # an unreadable last.ckpt, which records the best one
+            self._fail(f"--ckpt_path {name}: {error}")
+        if path is None:
+            older = f" (an older run of it: {mine[1]})" if len(mine) > 1 else ""
+            self._fail(f"--ckpt_path {name}: this config's newest run {newest} has no {name} checkpoint (it stopped "
+                       f"before one was written?){older}; pass the checkpoint's path to use another run")
+        print(f"dcls-zoo {subcommand}: --ckpt_path {name} is {path}", file=sys.stderr)
+        config.ckpt_path = str(path)
+
+    def _check_resume(self, ckpt_path: str, checkpoint: Any) -> None:
+        """``fit --ckpt_path``: continue that run only with the settings it was made with, and only
+        if it has something left to train (a finished run's files stay as they are)."""
+        run = run_folder_of(ckpt_path)
+        recorded = RunIdentity.of_checkpoint(checkpoint) or (RunIdentity.read(run) if run is not None else None)
+        new_run = f"to start a new run from its weights, pass --model.pretrained {ckpt_path} instead of --ckpt_path"
+        if recorded is None:
+            print(f"dcls-zoo fit: warning: --ckpt_path {ckpt_path} records no run settings (written by another tool "
+                  "or dcls-zoo < 0.2); resuming it without checking them", file=sys.stderr)
+        else:
+            differences = setting_differences(recorded.settings, self._identity.settings)
+            longer = [d for d in differences if d[0] in RESUMABLE_CHANGES]
+            differences = [d for d in differences if d[0] not in RESUMABLE_CHANGES]
+            if longer:
+                print(f"dcls-zoo fit: note: resuming with {describe_differences(longer, 'the run', 'this command')}; "
+                      "the learning-rate schedule keeps the run's own length", file=sys.stderr)
+            if differences:
+                self._fail(f"--ckpt_path {ckpt_path}: resuming continues that run with its own settings, and this "
+                           f"command's differ: {describe_differences(differences, 'the run', 'this command')}; "
+                           f"{new_run}")
+        max_epochs = self._identity.settings.get("trainer", {}).get("max_epochs")
+        done = epochs_done(checkpoint)
+        if isinstance(max_epochs, int) and max_epochs > 0 and done is not None and done >= max_epochs:
+            self._fail(f"--ckpt_path {ckpt_path}: that run already finished its {max_epochs} epochs: resuming would "
+                       f"train nothing and rewrite its test results and export; {new_run}")
 
     def _parse_ckpt_path(self) -> None:
-        # Lightning reads the checkpoint's hyper-parameters here with a bare torch.load, which
-        # answers a truncated file with an IndexError: check it with the safe loader first, its
-        # tensors mapped rather than read (the Trainer reads the file again to restore it).
         subcommand = self.config.get("subcommand")
         if subcommand:
+            # what this command asks for, before Lightning puts a checkpoint's hyper-parameters over it
+            self._identity = RunIdentity.of_config(self.config[subcommand].as_dict())
             self._resolve_named_ckpt_path(subcommand)
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and str(ckpt_path) not in CKPT_PATH_NAMES and not str(ckpt_path).startswith("registry"):
+            # Lightning reads the checkpoint's hyper-parameters next with a bare torch.load, which
+            # answers a truncated file with an IndexError: check it with the safe loader first, its
+            # tensors mapped rather than read (the Trainer reads the file again to restore it).
             try:
-                load_checkpoint(ckpt_path, mmap=True)
+                checkpoint = load_checkpoint(ckpt_path, mmap=True)
             except ValueError as error:
                 self._fail(f"--ckpt_path: {error}")
+            if subcommand == "fit":
+                self._check_resume(str(ckpt_path), checkpoint)
+                self._resumed_at_step = checkpoint.get("global_step")
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
@@ -193,6 +261,11 @@ class DclsCLI(LightningCLI):
             self.trainer.callbacks.append(PredictionsCSV())
 
     def before_fit(self) -> None:
+        if self.config[self.subcommand].get("dry_run"):
+            # everything a fit checks before training has passed: say what the run would be, and stop
+            print(f"{DRY_RUN_PREFIX}{json.dumps(self._identity.to_json(), sort_keys=True)}", flush=True)
+            raise SystemExit(0)
+        self.trainer.callbacks.append(RecordRunIdentity(self._identity))
         self._fit_started = time.perf_counter()
         resume = next((c for c in self.trainer.callbacks if isinstance(c, CSVMetricsResume)), None)
         if resume is None:
@@ -203,6 +276,11 @@ class DclsCLI(LightningCLI):
 
     def after_fit(self) -> None:
         config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") and self.trainer.global_step == getattr(self, "_resumed_at_step", None):
+            # e.g. resumed at its max_steps: a run this command did not train keeps its files as they are
+            print(f"dcls-zoo fit: nothing trained from {config.get('ckpt_path')} (it had reached its end); its "
+                  "summary, test results and export are unchanged", file=sys.stderr)
+            return
         after_fit.finish_fit(
             self.trainer,
             self.model,
@@ -211,6 +289,7 @@ class DclsCLI(LightningCLI):
             export=bool(config.get("export_after_fit")),
             fit_seconds=time.perf_counter() - self._fit_started,
             resumed_from=config.get("ckpt_path"),
+            fingerprint=self._identity.fingerprint,
         )
 
 
