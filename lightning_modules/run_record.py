@@ -32,7 +32,9 @@ def _optimizer_phrase(trainer: pl.Trainer, module: pl.LightningModule) -> str:
     decay = max(group.get("weight_decay", 0.0) for group in groups)
     phrase = f"{type(optimizer).__name__}, peak learning rate {peak:g}, weight decay {decay:g}"
     scale = getattr(module.hparams, "position_lr_scale", None)
-    if getattr(module, "has_positions", False) and scale is not None:
+    if getattr(module, "has_positions", False) and module.hparams.get("freeze_positions"):
+        phrase += "; DCLS positions and widths frozen at their initial values (not trained, not clamped)"
+    elif getattr(module, "has_positions", False) and scale is not None:
         phrase += f"; DCLS positions at {scale:g}x the rate, without weight decay"
     return phrase
 
@@ -62,7 +64,7 @@ def _regularisation_phrase(trainer: pl.Trainer, module: pl.LightningModule) -> s
     if getattr(module, "has_positions", False):
         if start is not None:
             parts.append(f"repulsive position loss (weight {hp.repulsive_loss_weight:g}) after {start} epoch(s)")
-        if any(isinstance(c, ClampPositions) for c in trainer.callbacks):
+        if any(isinstance(c, ClampPositions) for c in trainer.callbacks) and not hp.get("freeze_positions"):
             parts.append("positions clamped to their window after every step")
     return "; ".join(parts)
 
@@ -88,6 +90,11 @@ def training_record(trainer: pl.Trainer, module: pl.LightningModule, datamodule:
         "fit time": f"{float(summary.get('fit_seconds', 0)) / 60:.1f} min on {trainer.num_devices} "
         f"{trainer.accelerator.__class__.__name__.replace('Accelerator', '')} device(s); {machine_description()}",
     }
+    shifts = summary.get("position_shift_px")
+    if shifts:
+        moved = ", ".join(f"{name} {value:.2f} px" for name, value in shifts.items())
+        record["positions"] = ("frozen at their initial values" if summary.get("positions_frozen")
+                               else "learned") + f"; mean absolute shift from the initial positions (tested weights): {moved}"
     selected = summary.get("best_checkpoint") or summary.get("last_checkpoint")
     if selected:
         which = "the best validation epoch" if summary.get("best_checkpoint") else "the last epoch"

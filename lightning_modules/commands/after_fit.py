@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities.model_summary import ModelSummary
 
 from ..checkpoints import export_checkpoint, load_checkpoint, select_weights
+from ..displacement import mean_position_shift
 from ..run_record import limitations, training_record
 
 __all__ = ["finish_fit", "format_summary", "model_size", "newest_checkpoint"]
@@ -90,6 +92,7 @@ def finish_fit(
         if images is not None:
             summary["test_images"] = images
     summary.update(model_size(model))  # of the tested weights (DCLS: their positions set the MACs)
+    summary.update(position_movement(model))
     if export and trainer.is_global_zero:
         if checkpoint:
             card = {"training": training_record(trainer, model, datamodule, summary),
@@ -114,6 +117,19 @@ def _test_images(trainer: pl.Trainer) -> int | None:
     if not batches or not hasattr(dataset, "__len__") or not isinstance(batch_size, int) or math.isinf(batches[0]):
         return None
     return min(len(dataset), int(batches[0]) * batch_size)  # test loaders keep every example (no drop_last)
+
+
+def position_movement(model: pl.LightningModule) -> dict[str, Any]:
+    """``{"positions_frozen": ..., "position_shift_px": {group: mean |P - P_initial|}}`` of the
+    model's weights now (after the test: the tested ones), measured from the positions the run
+    started from (:mod:`lightning_modules.displacement`); ``{}`` without DCLS positions."""
+    initial = getattr(model, "initial_positions", None)
+    network = getattr(model, "model", None)
+    if not initial or not isinstance(network, torch.nn.Module):
+        return {}
+    shifts = mean_position_shift(initial, network)
+    return {"positions_frozen": bool(model.hparams.get("freeze_positions", False)),
+            "position_shift_px": {name: round(value, 4) for name, value in shifts.items()}}
 
 
 def model_size(model: pl.LightningModule) -> dict[str, int]:
