@@ -35,7 +35,7 @@ from .hub import (
     upload_export,
 )
 from .layers import Dcls1d, Dcls2d, Dcls3d, DclsConvNd
-from .models import ConvNeXtDcls, DclsifyReport, create_model, dclsify, list_models
+from .models import ConvMixerDcls, ConvNeXtDcls, DclsifyReport, create_model, dclsify, list_models
 from .positions import (
     clamp_model_positions_,
     dcls_layers,
@@ -68,6 +68,7 @@ __all__ = [
     "push_to_hub",
     "save_pretrained",
     "upload_export",
+    "ConvMixerDcls",
     "ConvNeXtDcls",
     "DclsifyReport",
     "SharedPositions",

@@ -4,8 +4,10 @@ from timm.layers import register_notrace_module
 
 from ..layers import Dcls1d, Dcls2d, Dcls3d
 from ..positions import clamp_model_positions_, dcls_layers, spread_model_positions_, stage_of
+from . import convmixer_dcls  # noqa: F401  (registers the compact ConvMixer-dcls testbed in timm)
 from . import convnext_dcls  # noqa: F401  (registers the ConvNeXt-dcls family in timm)
 from . import resnet_dcls  # noqa: F401  (registers resnet50_dcls, resnet50_dcls_k6 in timm)
+from .convmixer_dcls import ConvMixerDcls
 from .convnext_dcls import ConvNeXtDcls
 from .dclsify import Conversion, DclsifyReport, dclsify
 from .factory import create_model, list_models
@@ -16,6 +18,7 @@ for _layer in (Dcls1d, Dcls2d, Dcls3d):
     register_notrace_module(_layer)
 
 __all__ = [
+    "ConvMixerDcls",
     "ConvNeXtDcls",
     "Conversion",
     "DclsifyReport",
