@@ -83,3 +83,10 @@ def test_scripts_and_traces():
         torch.testing.assert_close(torch.jit.script(model)(x), expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(dcls_zoo.fuse(model)(x), expected, rtol=1e-5, atol=1e-5)
+        # channels-last memory is a speed choice only: the same function either way
+        model.channels_last = False
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    model.train()  # batch statistics: the same batch gives the same output with gradient checkpointing
+    plain = model(x)
+    model.set_grad_checkpointing(True)
+    torch.testing.assert_close(model(x), plain, rtol=1e-5, atol=1e-5)

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.convmixer import ConvMixer
 
 from ..positions import spread_model_positions_
@@ -63,6 +64,10 @@ class ConvMixerDcls(ConvMixer):
             or ``"layer"`` (a ``P`` per layer).
         dcls_position_init: ``"normal"`` (the paper's ``N(0, 0.5)``, near the window's centre) or
             ``"uniform"`` (spread over the whole window; for short schedules).
+        channels_last: run the blocks on channels-last maps (the same function). PyTorch's CPU
+            depthwise convolutions compute their gradients 2-3x faster so (a ConvMixer-64/8 step at
+            batch 64 on one thread: dense 5x5 1.2 s -> 0.6 s, dense 13x13 5.3 s -> 1.7 s); DCLS
+            layers convert to it internally anyway.
         **kwargs: timm ``ConvMixer`` arguments (``in_chans``, ``num_classes``, ``act_layer``, ...).
     """
 
@@ -77,6 +82,7 @@ class ConvMixerDcls(ConvMixer):
         dcls_version: str = "bilinear",
         dcls_share: str = "model",
         dcls_position_init: str = "normal",
+        channels_last: bool = True,
         **kwargs: Any,
     ) -> None:
         if dcls_share not in ("model", "layer"):
@@ -88,6 +94,7 @@ class ConvMixerDcls(ConvMixer):
             raise ValueError(f"dcls_kernel_size must be an odd int >= kernel_size ({kernel_size}) or None, "
                              f"got {dcls_kernel_size!r}")
         super().__init__(dim, depth, kernel_size=kernel_size, patch_size=patch_size, **kwargs)
+        self.channels_last = bool(channels_last)
         self.dclsify_report: DclsifyReport | None = None
         if dcls_kernel_size is not None:
             self.dclsify_report = dclsify(
@@ -97,6 +104,21 @@ class ConvMixerDcls(ConvMixer):
             )
             if dcls_position_init == "uniform":
                 spread_model_positions_(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, H, W)`` -> ``(B, dim, H / patch, W / patch)`` (channels-last memory when asked)."""
+        # timm's body, with the memory format first (TorchScript compiles no super() call)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+    def forward_intermediates(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return super().forward_intermediates(x, *args, **kwargs)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ConvMixerDcls:
