@@ -53,6 +53,7 @@ SHIPPED = {
     "quick": ({"dcls", "k7", "dil2", "dense"}, "k7"),
     "full": ({"dcls", "k7", "dil2", "dense"}, "k7"),
     "ablation": ({"dcls", "dcls_fast", "dcls_frozen", "k7", "dense"}, "dcls_frozen"),
+    "convmixer": ({"dcls", "dcls_fast", "dcls_frozen", "k5", "k13"}, "dcls_frozen"),
 }
 
 
