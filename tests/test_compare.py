@@ -185,7 +185,7 @@ def test_each_arm_against_the_reference_with_welchs_test_and_the_positions_moved
     assert by_run[("k7", 0)]["shift_px:stages.0"] == "" and by_run[("k7", 0)]["positions_frozen"] == ""
 
     figure = plot_comparison(arms, results, "title", reference="frozen")
-    top1, delta, validation, moved = figure.axes
+    _, delta, _, moved = figure.axes  # test top-1, differences, validation curves, positions
     assert delta.get_xlabel() == "test top-1 minus frozen (points)"
     assert [t.get_text() for t in delta.get_yticklabels()] == ["dense 7x7", "two seeds", "learned"]
     (bar,) = [c for c in delta.containers]  # one interval: the arm with too few seeds gets a bare point

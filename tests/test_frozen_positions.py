@@ -116,7 +116,7 @@ def _fresh(seed: int, **kwargs) -> ImageClassifier:
     """The quickstart's classifier as the CLI builds it after ``seed_everything(seed)``."""
     import yaml
 
-    config = yaml.safe_load(open(QUICKSTART))["model"]
+    config = yaml.safe_load(Path(QUICKSTART).read_text())["model"]
     pl.seed_everything(seed)
     return ImageClassifier(config["arch"], num_classes=10, in_chans=1, model_kwargs=config["model_kwargs"], **kwargs)
 

@@ -125,7 +125,7 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ConvMixerD
     # timm's ConvMixer exposes its blocks through the feature getter, not a sequential walk
     out_indices = kwargs.pop("out_indices", 3)
     return build_model_with_weights(
-        ConvMixerDcls, variant, pretrained, feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs
+        ConvMixerDcls, variant, pretrained, feature_cfg={"out_indices": out_indices, "feature_cls": "getter"}, **kwargs
     )
 
 
@@ -153,7 +153,7 @@ default_cfgs = generate_default_cfgs({
 })
 
 # compact: 64 channels, 8 blocks, patch 2 (32 px images -> 16 x 16 maps in every block)
-_COMPACT = dict(dim=64, depth=8, kernel_size=5, patch_size=2)
+_COMPACT = {"dim": 64, "depth": 8, "kernel_size": 5, "patch_size": 2}
 
 
 @register_model
