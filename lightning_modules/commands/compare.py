@@ -125,7 +125,9 @@ def _write_results(comparison: Comparison, out: Path, command: str, results: lis
         "Mean ± sample standard deviation over the seeds. Test top-1 is that of each run's checkpoint "
         "with the best validation top-1. MACs per image are counted in one forward of the trained "
         "network (a DCLS layer convolves the part of its window its elements reach, so its count "
-        "depends on the trained positions); fit time is the wall time of `trainer.fit`.", "",
+        "depends on the trained positions); fit time is the wall time of `trainer.fit`, which on a shared "
+        "machine includes the time spent waiting for its cores: it is a speed measurement only for runs "
+        "that had the machine to themselves.", "",
         markdown_table(summaries), "",
         *_reference_section(comparison, results),
         *_movement_section(summaries),
