@@ -9,7 +9,7 @@ import timm
 __all__ = ["SOURCE_PREFIXES", "ZOO_MODULES", "check_model_name", "list_models"]
 
 # timm groups registered models by the last component of their module's name.
-ZOO_MODULES = ("convnext_dcls", "resnet_dcls")
+ZOO_MODULES = ("convnext_dcls", "resnet_dcls", "convmixer_dcls")
 #: Model names that name a source of weights and config instead of an architecture.
 SOURCE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
 

@@ -16,6 +16,7 @@ index (``conv_dw``, ``conv2``). Shared groups are registered as
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -29,8 +30,10 @@ __all__ = [
     "PositionOwner",
     "clamp_model_positions_",
     "dcls_layers",
+    "mean_position_shift",
     "position_owners",
     "position_parameters",
+    "position_snapshot",
     "role_in_stage",
     "shared_group_key",
     "spread_model_positions_",
@@ -148,3 +151,32 @@ def spread_model_positions_(model: nn.Module, generator: torch.Generator | None 
             values = torch.rand(positions[axis].shape, generator=generator, dtype=positions.dtype)
             positions[axis].copy_(values * (high - low) + low)
 
+
+@torch.no_grad()
+def position_snapshot(model: nn.Module) -> dict[str, Tensor]:
+    """``{group name: P}`` of every distinct position tensor of ``model``: float32 copies on the
+    CPU, shape ``(d, ...)`` as the holder's ``P``. Empty for a network without DCLS layers."""
+    return {group.name: group.P.detach().float().cpu().clone() for group in position_owners(model)}
+
+
+@torch.no_grad()
+def mean_position_shift(initial: Mapping[str, Tensor], model: nn.Module) -> dict[str, float]:
+    """``{group name: mean |P_now - P_initial|}`` in pixels, for the groups of ``model``.
+
+    Args:
+        initial: :func:`position_snapshot` of the network when training started.
+        model: the network now (e.g. with the tested, averaged weights loaded).
+
+    Raises:
+        ValueError: a group of ``model`` has no initial positions, or they differ in shape
+            (the snapshot is of another network).
+    """
+    shifts = {}
+    for name, now in position_snapshot(model).items():
+        start = initial.get(name)
+        if start is None or tuple(start.shape) != tuple(now.shape):
+            found = "no entry" if start is None else f"shape {tuple(start.shape)}"
+            raise ValueError(f"initial positions: group {name!r} has {found}, the network's P has shape "
+                             f"{tuple(now.shape)}; the snapshot is of another network")
+        shifts[name] = float((now - start.float()).abs().mean())
+    return shifts

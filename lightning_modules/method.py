@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from typing_extensions import override
 
-from dcls_zoo.positions import PositionOwner, clamp_model_positions_, dcls_layers, position_owners
+from dcls_zoo.positions import PositionOwner, dcls_layers, position_owners
 
 __all__ = ["ClampPositions", "SigmaSchedule", "network_of"]
 
@@ -51,7 +51,9 @@ class ClampPositions(Callback):
     ``EMAWeightAveraging``): callbacks run in list order and the averaging also updates in
     ``on_train_batch_end``, so listed after it the average would take in unclamped positions.
     ``setup`` raises on the wrong order. A network without DCLS layers gets one warning (the
-    callback can stay in a config shared with plain-conv baselines).
+    callback can stay in a config shared with plain-conv baselines). Frozen positions (``P`` with
+    ``requires_grad`` off, e.g. ``ImageClassifier(freeze_positions=True)``) are left exactly as
+    they are.
 
     Args:
         model_attribute: attribute of the LightningModule that holds the network.
@@ -88,7 +90,9 @@ class ClampPositions(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        clamp_model_positions_(getattr(pl_module, self.model_attribute))
+        for holder in position_owners(getattr(pl_module, self.model_attribute)):
+            if holder.owner.P.requires_grad:  # frozen positions keep their initial values bit for bit
+                holder.owner.clamp_positions_()
 
 
 class SigmaSchedule(Callback):
@@ -159,6 +163,11 @@ class SigmaSchedule(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        if pl_module.hparams.get("freeze_positions"):
+            raise MisconfigurationException(
+                "SigmaSchedule writes the DCLS widths SIG, which model.freeze_positions keeps at their initial "
+                "values; drop the callback or freeze_positions."
+            )
         network = network_of(pl_module, self.model_attribute, type(self).__name__)
         self.groups = [group for group in position_owners(network) if group.SIG is not None]
         if not self.groups:

@@ -29,7 +29,7 @@ from typing_extensions import override
 import dcls_zoo
 from dcls_zoo.export_format import refuse_weight_sources, without_weight_sources
 from dcls_zoo.names import SOURCE_PREFIXES
-from dcls_zoo.positions import position_owners
+from dcls_zoo.positions import position_owners, position_parameters, position_snapshot
 from dcls_zoo.regularizers import repulsive_loss
 from dcls_zoo.state_dicts import clean_state_dict
 
@@ -37,7 +37,11 @@ from .checkpoints import EXPORT_KEY, load_checkpoint, load_pretrained_weights, s
 from .optim import WarmupCosine, parameter_groups, upgrade_scheduler_state, warmup_cosine_scheduler
 from .runs import written_checkpoints
 
-__all__ = ["ImageClassifier", "NonFiniteLossError", "restoring_from_checkpoint"]
+__all__ = ["INITIAL_POSITIONS_KEY", "ImageClassifier", "NonFiniteLossError", "restoring_from_checkpoint"]
+
+#: Checkpoint key of ``{group name: initial P}`` (float32 CPU tensors: a weights-only load reads them): where
+#: the run's positions started, so a resumed run still measures how far they moved from the true start.
+INITIAL_POSITIONS_KEY = "dcls_zoo_initial_positions"
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,9 @@ class ImageClassifier(pl.LightningModule):
             classifier of another class count starts fresh. (``ckpt_path`` is for resuming.)
         optimizer: builds the optimiser from the parameter groups (default: AdamW lr 4e-3, wd 0.05).
         position_lr_scale: learning-rate multiplier of DCLS positions and widths (no weight decay).
+        freeze_positions: keep every DCLS position and width (``P``, ``SIG``) at its initial value:
+            they leave the optimizer, ``ClampPositions`` leaves them alone and the repulsive loss
+            is off; everything else trains. The control arm of "do learned spacings help?".
         warmup_epochs: linear warmup length (fractions allowed), stepped per optimiser step.
         min_lr_ratio: the cosine ends at this fraction of each group's peak rate.
         label_smoothing: smoothing of the hard targets (mixup/cutmix smooth their mixed targets).
@@ -114,6 +121,7 @@ class ImageClassifier(pl.LightningModule):
         pretrained: str | None = None,
         optimizer: OptimizerCallable = _default_optimizer,
         position_lr_scale: float = 5.0,
+        freeze_positions: bool = False,
         warmup_epochs: float = 20.0,
         min_lr_ratio: float = 0.0,
         label_smoothing: float = 0.1,
@@ -153,6 +161,14 @@ class ImageClassifier(pl.LightningModule):
         self.mixup = self._build_mixup()
         self.criterion = self._build_criterion()
         self.has_positions = bool(position_owners(self.model))
+        if freeze_positions:
+            if not self.has_positions:
+                raise ValueError(f"model.freeze_positions: {arch} has no DCLS positions to freeze")
+            for tensor in position_parameters(self.model):
+                tensor.requires_grad_(False)  # parameter_groups skips them: no optimizer state, no update
+        # where the positions start (after any pretrained weights): summary.json's mean |delta P| is
+        # measured from here; checkpoints carry it, so a resumed run measures from the true start
+        self.initial_positions = position_snapshot(self.model)
         accuracies = {"top1": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
         if num_classes > 5:
             accuracies["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
@@ -225,7 +241,7 @@ class ImageClassifier(pl.LightningModule):
             self.train_metrics.update(logits.detach(), labels)
             self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         loss = loss_fit
-        if self.has_positions:
+        if self.has_positions and not self.hparams.freeze_positions:  # frozen: nothing to repel
             loss_rep = repulsive_loss(self.model)
             self.log("train/loss_rep", loss_rep.detach(), on_step=True, on_epoch=True)
             if self.repulsive_loss_active:
@@ -243,7 +259,9 @@ class ImageClassifier(pl.LightningModule):
         i.e. from the epoch that begins after ``repulsive_loss_after_epoch + 1`` completed ones.
         """
         hp = self.hparams
-        return hp.repulsive_loss_after_epoch + 1 if hp.repulsive_loss_weight > 0 else None
+        if hp.repulsive_loss_weight <= 0 or hp.freeze_positions:
+            return None
+        return hp.repulsive_loss_after_epoch + 1
 
     @property
     def repulsive_loss_active(self) -> bool:
@@ -360,11 +378,15 @@ class ImageClassifier(pl.LightningModule):
             if metrics:
                 metadata["metrics"] = {**metrics, "epoch": trainer.current_epoch}
         checkpoint[EXPORT_KEY] = metadata
+        checkpoint[INITIAL_POSITIONS_KEY] = self.initial_positions
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         for state in checkpoint.get("lr_schedulers", []):
             upgrade_scheduler_state(state)
+        if INITIAL_POSITIONS_KEY in checkpoint:  # a resumed run measures from where the first part started
+            self.initial_positions = {name: tensor.float().cpu().clone()
+                                      for name, tensor in checkpoint[INITIAL_POSITIONS_KEY].items()}
 
     def _steps_per_epoch(self, total_steps: int) -> float:
         batches = self.trainer.num_training_batches  # set by estimated_stepping_batches

@@ -33,7 +33,9 @@ def _optimizer_phrase(trainer: pl.Trainer, module: pl.LightningModule) -> str:
     decay = max(group.get("weight_decay", 0.0) for group in groups)
     phrase = f"{type(optimizer).__name__}, peak learning rate {peak:g}, weight decay {decay:g}"
     scale = getattr(module.hparams, "position_lr_scale", None)
-    if getattr(module, "has_positions", False) and scale is not None:
+    if getattr(module, "has_positions", False) and module.hparams.get("freeze_positions"):
+        phrase += "; DCLS positions and widths frozen at their initial values (not trained, not clamped)"
+    elif getattr(module, "has_positions", False) and scale is not None:
         phrase += f"; DCLS positions at {scale:g}x the rate, without weight decay"
     return phrase
 
@@ -63,7 +65,7 @@ def _regularisation_phrase(trainer: pl.Trainer, module: pl.LightningModule) -> s
     if getattr(module, "has_positions", False):
         if start is not None:
             parts.append(f"repulsive position loss (weight {hp.repulsive_loss_weight:g}) after {start} epoch(s)")
-        if any(isinstance(c, ClampPositions) for c in trainer.callbacks):
+        if any(isinstance(c, ClampPositions) for c in trainer.callbacks) and not hp.get("freeze_positions"):
             parts.append("positions clamped to their window after every step")
     return "; ".join(parts)
 
@@ -89,6 +91,10 @@ def training_record(trainer: pl.Trainer, module: pl.LightningModule, datamodule:
         "fit time": f"{float(summary.fit_seconds or 0) / 60:.1f} min on {trainer.num_devices} "
         f"{trainer.accelerator.__class__.__name__.replace('Accelerator', '')} device(s); {machine_description()}",
     }
+    if summary.position_shift_px:
+        moved = ", ".join(f"{name} {value:.2f} px" for name, value in summary.position_shift_px.items())
+        record["positions"] = ("frozen at their initial values" if summary.positions_frozen
+                               else "learned") + f"; mean absolute shift from the initial positions (tested weights): {moved}"
     if summary.checkpoint:
         which = "the best validation epoch" if summary.checkpoint_kind == "best" else "the last epoch"
         weights = summary.tested_weights

@@ -189,7 +189,9 @@ class RunSummary:
         test_images: how many test images were scored.
         params, macs_per_image: the size of the trained network.
         export_dir: where it was exported (or why not).
-        fingerprint: the fingerprint of the settings that made the run (:mod:`.fingerprints`).
+        fingerprint: the fingerprint of the settings that made the run (:class:`RunIdentity`).
+        positions_frozen: whether the DCLS positions were kept at their start (``None``: no DCLS).
+        position_shift_px: per position group, the mean |P - P_initial| of the tested weights, in px.
         extra: any other entries (kept through a read and write).
     """
 
@@ -209,6 +211,8 @@ class RunSummary:
     macs_per_image: int | None = None
     export_dir: str | None = None
     fingerprint: str | None = None
+    positions_frozen: bool | None = None
+    position_shift_px: dict[str, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

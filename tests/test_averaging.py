@@ -6,10 +6,10 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
+from run_helpers import CrossEntropyClassifier
 from timm.utils import ModelEmaV3
 
 from lightning_modules.averaging import WarmupEMAWeightAveraging, warmup_ema_decay
-from run_helpers import CrossEntropyClassifier
 
 
 @pytest.mark.parametrize("decay, gamma, power", [(0.9999, 1.0, 2 / 3), (0.99, 1.0, 2 / 3), (0.999, 10.0, 0.75)])

@@ -10,8 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dcls_zoo import Dcls1d, Dcls2d, Dcls3d
-from dcls_zoo import backends
+from dcls_zoo import Dcls1d, Dcls2d, Dcls3d, backends
 from dcls_zoo.backends import (
     BACKENDS,
     ConvCall,

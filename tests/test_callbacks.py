@@ -7,11 +7,11 @@ import logging
 import lightning.pytorch as pl
 import pytest
 import torch
+from run_helpers import CrossEntropyClassifier
 from torch.utils.data import DataLoader, TensorDataset
 
 import dcls_zoo
 from lightning_modules.callbacks import HubPushCallback
-from run_helpers import CrossEntropyClassifier
 
 
 class _TinyClassifier(CrossEntropyClassifier):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -14,10 +15,22 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from scipy import stats
 
 import dcls_zoo
 from lightning_modules.commands.main import main
-from lightning_modules.comparison import Arm, RunResult, load_comparison, markdown_table, plot_comparison, summarise
+from lightning_modules.comparison import (
+    Arm,
+    RunResult,
+    csv_rows,
+    differences,
+    differences_table,
+    load_comparison,
+    markdown_table,
+    movement_table,
+    plot_comparison,
+    summarise,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -35,11 +48,23 @@ def _valid(**changes) -> dict:
     return data
 
 
+# the arms of each shipped comparison, and the one the others are tested against
+SHIPPED = {
+    "quick": ({"dcls", "k7", "dil2", "dense"}, "k7"),
+    "full": ({"dcls", "k7", "dil2", "dense"}, "k7"),
+    "ablation": ({"dcls", "dcls_fast", "dcls_frozen", "k7", "dense"}, "dcls_frozen"),
+    "convmixer": ({"dcls", "dcls_fast", "dcls_frozen", "k5", "k13"}, "dcls_frozen"),
+}
+
+
 def test_the_shipped_comparisons_load_and_name_registered_models():
-    for path in sorted((ROOT / "configs" / "compare").glob("*.yaml")):
+    paths = sorted((ROOT / "configs" / "compare").glob("*.yaml"))
+    assert {path.stem for path in paths} >= set(SHIPPED)
+    for path in paths:
         comparison = load_comparison(path)
         assert comparison.fit_config.is_file() and len(comparison.seeds) >= 2
-        assert {arm.name for arm in comparison.arms} == {"dcls", "k7", "dil2", "dense"}
+        if path.stem in SHIPPED:
+            assert ({arm.name for arm in comparison.arms}, comparison.reference) == SHIPPED[path.stem]
         for arm in comparison.arms:
             model = dcls_zoo.create_model(arm.arch, num_classes=10, in_chans=1, **arm.model_kwargs)
             assert sum(p.numel() for p in model.parameters()) > 0
@@ -53,6 +78,13 @@ def test_the_shipped_comparisons_load_and_name_registered_models():
     ({"arms": [{"name": "a", "arch": "x"}, {"name": "a", "arch": "y"}]}, "arms: names must differ"),
     ({"arms": [{"name": "a", "arch": "x", "kwargs": {}}]}, r"arms\[0\]: unknown key\(s\) \['kwargs'\]"),
     ({"epochs": 3}, "epochs: unknown key"),
+    ({"arms": [{"name": "a", "arch": "x", "fit_args": "--model.position_lr_scale=50"}]},
+     r"arms\[0\].fit_args: must be a list of option strings, e.g. \[--model.position_lr_scale=50\]"),
+    ({"arms": [{"name": "a", "arch": "x", "fit_args": ["--model.arch=convnext_k7_atto"]}]},
+     r"arms\[0\].fit_args: '--model.arch=convnext_k7_atto' sets what the arm's arch sets"),
+    ({"arms": [{"name": "a", "arch": "x", "fit_args": ["--seed_everything=3"]}]},
+     r"arms\[0\].fit_args: '--seed_everything=3' sets what the comparison's seeds set"),
+    ({"reference": "dense"}, r"reference: must name one of the arms \(dcls, k7\), got 'dense'"),
 ])
 def test_a_bad_comparison_file_names_the_key(tmp_path, changes, message):
     path = _write(tmp_path / "bad.yaml", _valid(**changes))
@@ -96,11 +128,80 @@ def test_the_table_gives_mean_and_sample_std_over_seeds_best_first():
     assert sorted(point[1] for point in left.collections[0].get_offsets()) == pytest.approx([80.0, 83.0, 84.0])
 
 
+def test_an_arm_carries_its_own_fit_options():
+    comparison = load_comparison(ROOT / "configs" / "compare" / "ablation.yaml")
+    arms = {arm.name: arm for arm in comparison.arms}
+    assert arms["dcls_fast"].fit_args == ("--model.position_lr_scale=100",)
+    assert arms["dcls_frozen"].fit_args == ("--model.freeze_positions=true",) and arms["dcls"].fit_args == ()
+    assert arms["dcls_frozen"].model_kwargs == arms["dcls"].model_kwargs  # the same network, frozen
+    assert comparison.fit_args == ("--trainer.max_epochs=5", "--data.init_args.max_shift=2")  # quick.yaml's
+
+
+def _shifted(arm: str, seed: int, top1: float, shifts: dict[str, float], frozen: bool = False) -> RunResult:
+    return RunResult(arm, seed, top1, top1, 60.0, 1000, 2_000_000, ((0, top1),), tuple(shifts.items()), frozen)
+
+
+def test_each_arm_against_the_reference_with_welchs_test_and_the_positions_moved():
+    arms = [Arm("learned", "learned", "convnext_dcls_atto", fit_args=("--model.position_lr_scale=50",)),
+            Arm("frozen", "frozen", "convnext_dcls_atto", fit_args=("--model.freeze_positions=true",)),
+            Arm("two", "two seeds", "convnext_dcls_atto"), Arm("k7", "dense 7x7", "convnext_k7_atto")]
+    learned, frozen, two = [0.81, 0.83, 0.82, 0.84], [0.80, 0.79, 0.805], [0.9, 0.91]
+    results = ([_shifted("learned", s, v, {"stages.0": 2.0 + s, "stages.1": 1.0}) for s, v in enumerate(learned)]
+               + [_shifted("frozen", s, v, {"stages.0": 0.0, "stages.1": 0.0}, True) for s, v in enumerate(frozen)]
+               + [_shifted("two", s, v, {"stages.0": 0.5}) for s, v in enumerate(two)]
+               + [_shifted("k7", 0, 0.5, {})])
+    found = differences(arms, results, "frozen")
+    assert [arm.name for arm, _ in found] == ["learned", "two", "k7"]
+    welch = stats.ttest_ind(learned, frozen, equal_var=False)
+    interval = welch.confidence_interval(0.95)
+    table = differences_table(found, arms[1]).splitlines()
+    assert table[0].startswith("| arm | minus frozen (points) | 95% CI (Welch) | p (Welch's t-test) |")
+    diff = 100 * (statistics.mean(learned) - statistics.mean(frozen))
+    assert table[2] == (f"| learned | {diff:+.2f} | [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}] | "
+                        f"{welch.pvalue:.3g} | 4, 3 |")
+    assert table[3] == f"| two seeds | {100 * (0.905 - statistics.mean(frozen)):+.2f} | - | not enough seeds (2 and 3; 3 needed) | 2, 3 |"
+    assert differences(arms, results, "nobody") == [] and differences(arms, results, None) == []
+
+    summaries = summarise(arms, results)
+    main_table = markdown_table(summaries).splitlines()
+    assert main_table[0].endswith("| fit time / run | options |")
+    assert main_table[3].startswith("| learned |") and main_table[3].endswith("| `--model.position_lr_scale=50` |")
+    movement = movement_table(summaries).splitlines()
+    assert movement[0] == "| arm | options | stages.0 | stages.1 |"
+    assert movement[2] == (f"| learned | `--model.position_lr_scale=50` | {3.5:.2f} ± {statistics.stdev([2, 3, 4, 5]):.2f} "
+                           f"| 1.00 ± 0.00 |")
+    assert movement[4] == "| two seeds | - | 0.50 ± 0.00 | - |" and len(movement) == 5  # k7 moves nothing
+
+    rows = csv_rows(arms, results, "frozen")
+    header = rows[0]
+    assert header[:4] == ["arm", "arch", "arm_fit_args", "seed"] and "shift_px:stages.1" in header
+    by_run = {(row[0], row[3]): dict(zip(header, row)) for row in rows[1:]}
+    first = by_run[("learned", 0)]
+    assert first["arm_fit_args"] == "--model.position_lr_scale=50" and first["shift_px:stages.0"] == 2.0
+    assert first["diff_vs_reference"] == pytest.approx(diff / 100) and first["welch_p"] == pytest.approx(welch.pvalue)
+    assert (first["ci95_low"], first["ci95_high"]) == (pytest.approx(interval.low), pytest.approx(interval.high))
+    assert by_run[("two", 1)]["welch_p"] == "" and by_run[("two", 1)]["diff_vs_reference"] != ""
+    assert by_run[("frozen", 0)]["positions_frozen"] is True and by_run[("frozen", 0)]["diff_vs_reference"] == ""
+    assert by_run[("k7", 0)]["shift_px:stages.0"] == "" and by_run[("k7", 0)]["positions_frozen"] == ""
+
+    figure = plot_comparison(arms, results, "title", reference="frozen")
+    _, delta, _, moved = figure.axes  # test top-1, differences, validation curves, positions
+    assert delta.get_xlabel() == "test top-1 minus frozen (points)"
+    assert [t.get_text() for t in delta.get_yticklabels()] == ["dense 7x7", "two seeds", "learned"]
+    (bar,) = [c for c in delta.containers]  # one interval: the arm with too few seeds gets a bare point
+    (segment,) = bar.lines[2][0].get_segments()
+    assert segment[:, 0] == pytest.approx([100 * interval.low, 100 * interval.high])
+    assert moved.get_ylabel() == "mean |P - P_initial| (px)"
+    assert [t.get_text() for t in moved.get_xticklabels()] == ["stages.0", "stages.1"]
+    assert len(plot_comparison(arms[3:], results[-1:]).axes) == 2  # no reference, nothing moved: two panels
+
+
 def _table_rows(results_md: str) -> dict[str, list[str]]:
+    """The main table's rows by arm label (the rows whose model cell is a code span)."""
     rows = {}
     for line in results_md.splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if len(cells) == 8 and cells[1].startswith("`"):
+        if len(cells) == 9 and cells[1].startswith("`"):
             rows[cells[0]] = cells
     return rows
 
@@ -113,7 +214,9 @@ _NARROW = {"stem": "small", "stem_stride": 2, "dims": [8, 16, 24, 32]}
 
 def _compare(path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "lightning_modules", "compare", "-c", str(path), "--out", str(out), *extra]
-    return subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=path.parent)
+    # the checkout under test first on the path (run from elsewhere, python -m finds an installed copy)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=path.parent, env=environment)
 
 
 @pytest.mark.slow
@@ -171,6 +274,55 @@ def test_compare_runs_every_arm_and_seed_reports_failures_and_continues(tmp_path
     done = _compare(path, out, "--arms", "dcls", "k7")
     assert done.returncode == 0 and done.stderr.count("finished earlier") == 4, done.stderr[-3000:]
     assert "Status: 4 of 4 runs finished." in (out / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_compare_arms_with_their_own_options_against_a_reference(tmp_path):
+    """Learned (50x) and frozen positions and a dense arm, 3 seeds: each arm's options reach its fits,
+    the table tests each arm against the frozen one with Welch's test, and the positions' movement is
+    measured per run (none for the frozen arm)."""
+    dcls = {**_NARROW, "dcls_kernel_size": [17, 15, 7, 3], "dcls_position_init": "uniform"}
+    arms = [
+        {"name": "fast", "label": "DCLS 50x", "arch": "convnext_dcls_atto", "model_kwargs": dcls,
+         "fit_args": ["--model.position_lr_scale=50"]},
+        {"name": "frozen", "label": "DCLS frozen", "arch": "convnext_dcls_atto", "model_kwargs": dcls,
+         "fit_args": ["--model.freeze_positions=true"]},
+        {"name": "k7", "label": "7x7", "arch": "convnext_k7_atto", "model_kwargs": _NARROW},
+    ]
+    path = _write(tmp_path / "arms.yaml", {"fit_config": str(QUICKSTART), "fit_args": _SHORT, "seeds": [0, 1, 2],
+                                           "reference": "frozen", "arms": arms})
+    out = tmp_path / "results"
+    result = _compare(path, out, "--parallel", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    command = (out / "runs" / "fast" / "seed0" / "fit.log").read_text().splitlines()[0]
+    assert command.endswith(" ".join(_SHORT) + " --model.position_lr_scale=50")  # the arm's option last
+
+    summaries = {arm["name"]: [json.loads(next((out / "runs" / arm["name"] / f"seed{seed}").glob("version_*/summary.json"))
+                                          .read_text()) for seed in (0, 1, 2)] for arm in arms}
+    assert all(s["positions_frozen"] and set(s["position_shift_px"].values()) == {0.0} for s in summaries["frozen"])
+    assert all(min(s["position_shift_px"].values()) > 0 for s in summaries["fast"])
+    assert all("position_shift_px" not in s for s in summaries["k7"])
+    tops = {name: [s["test/top1"] for s in runs] for name, runs in summaries.items()}
+
+    results_md = (out / "results.md").read_text()
+    assert _table_rows(results_md)["DCLS 50x"][8] == "`--model.position_lr_scale=50`"
+    assert _table_rows(results_md)["7x7"][8] == "-"
+    section = results_md.split("## Against the reference: DCLS frozen")[1].split("##")[0]
+    for name, label in (("fast", "DCLS 50x"), ("k7", "7x7")):
+        (row,) = [line for line in section.splitlines() if line.startswith(f"| {label} |")]
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        expected = stats.ttest_ind(tops[name], tops["frozen"], equal_var=False)
+        assert cells[1] == f"{100 * (statistics.mean(tops[name]) - statistics.mean(tops['frozen'])):+.2f}"
+        assert cells[3] == (f"{expected.pvalue:.3g}" if len(set(tops[name] + tops["frozen"])) > 1 else "no spread in either arm")
+    movement = results_md.split("## How far the positions moved")[1].split("##")[0]
+    assert "| DCLS frozen | `--model.freeze_positions=true` | 0.00 ± 0.00 | 0.00 ± 0.00 | 0.00 ± 0.00 | 0.00 ± 0.00 |" in movement
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    fast = [row for row in rows if row["arm"] == "fast"]
+    assert [float(row["shift_px:stages.0"]) for row in fast] == [s["position_shift_px"]["stages.0"] for s in summaries["fast"]]
+    assert all(row["arm_fit_args"] == "--model.position_lr_scale=50" and row["reference"] == "frozen" for row in fast)
+    with Image.open(out / "results.png") as image:
+        image.verify()
 
 
 def test_compare_refuses_bad_options_before_any_fit(tmp_path, capsys):

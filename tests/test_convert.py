@@ -30,11 +30,7 @@ DCLS_modules = pytest.importorskip("DCLS.construct.modules")
 import dcls_zoo  # noqa: E402
 from dcls_zoo.errors import CheckpointMismatchError  # noqa: E402
 from dcls_zoo.state_dicts import load_state_dict_strict as load_checkpoint_strict  # noqa: E402
-from dcls_zoo.weights.official import (  # noqa: E402
-    convert_official_checkpoint,
-    is_converted,
-    official_checkpoint_filter,
-)
+from dcls_zoo.weights.official import convert_official_checkpoint, is_converted, official_checkpoint_filter  # noqa: E402
 from lightning_modules.commands.main import main  # noqa: E402
 
 TINY = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))

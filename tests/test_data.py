@@ -14,6 +14,13 @@ import torch
 from PIL import Image
 from torch.utils.data import SequentialSampler
 
+from lightning_modules.data import (
+    FashionMNISTDataModule,
+    ImageFolderDataModule,
+    SeededShuffleSampler,
+    SyntheticDataModule,
+)
+from lightning_modules.data.build_subset import build_subset
 from lightning_modules.data.fashion_mnist import (
     CLASS_NAMES,
     EMBEDDED_PATH,
@@ -26,8 +33,6 @@ from lightning_modules.data.fashion_mnist import (
     stratified_split,
     stratified_subset,
 )
-from lightning_modules.data.build_subset import build_subset
-from lightning_modules.data import FashionMNISTDataModule, ImageFolderDataModule, SeededShuffleSampler, SyntheticDataModule
 
 DEBIAN_DIRS = [Path("/usr/share/datasets/fashion-mnist"), Path("/tmp/fm/usr/share/datasets/fashion-mnist")]
 DEBIAN_DIR = next((d for d in DEBIAN_DIRS if (d / "train-images-idx3-ubyte.gz").is_file()), None)

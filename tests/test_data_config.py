@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 from timm.models._hub import load_model_config_from_path, save_config_for_hf
 
-from lightning_modules.data.fashion_mnist import load_embedded
 from lightning_modules.data import FashionMNISTDataModule, ImageFolderDataModule, SyntheticDataModule
+from lightning_modules.data.fashion_mnist import load_embedded
 
 NUM_IMAGES = 200  # raw embedded test images compared per Fashion-MNIST case
 EVAL_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")

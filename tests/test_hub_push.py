@@ -21,13 +21,13 @@ import pytest
 import timm
 import torch
 import yaml
+from fake_hub import FakeHub
 from safetensors import safe_open
 
 import dcls_zoo
 from dcls_zoo.errors import HubUnreachableError, PushError
 from dcls_zoo.export_format import PICKLE_SUFFIXES
 from dcls_zoo.state_dicts import clean_state_dict
-from fake_hub import FakeHub
 from lightning_modules import checkpoints
 from lightning_modules.commands.main import main
 
@@ -316,9 +316,8 @@ def test_hub_dying_mid_push_keeps_the_export(model, tmp_path, monkeypatch, no_ba
 
 @pytest.mark.parametrize("offline", [False, True], ids=["unreachable", "HF_HUB_OFFLINE"])
 def test_download_without_hub_or_cache_explains_the_ways_out(tmp_path, monkeypatch, no_backoff, offline):
-    from huggingface_hub import constants
-
     from conftest import point_hub_client_at
+    from huggingface_hub import constants
 
     point_hub_client_at(monkeypatch, f"http://127.0.0.1:{_free_port()}", tmp_path / "hf_home")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)

@@ -21,16 +21,7 @@ import torch
 import dcls_zoo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_pretrained import (  # noqa: E402  (fixtures and helpers shared with the pretrained tests)
-    SMALL,
-    TINY,
-    caches,
-    logits,
-    no_network,
-    serve_authors_file,
-    server,
-    source_model,
-)
+from test_pretrained import SMALL, TINY, caches, logits, no_network, serve_authors_file, server, source_model  # noqa: E402  (fixtures and helpers shared with the pretrained tests)
 
 __all__ = ["caches", "no_network", "server"]  # fixtures used here
 

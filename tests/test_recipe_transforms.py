@@ -19,8 +19,8 @@ import yaml
 from PIL import Image
 from timm.data.auto_augment import AugmentOp
 
-from lightning_modules.data.fashion_mnist import CLASS_NAMES, load_embedded
 from lightning_modules.data import ImageFolderDataModule
+from lightning_modules.data.fashion_mnist import CLASS_NAMES, load_embedded
 from lightning_modules.data.transforms import _posterize
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,8 +18,8 @@ import dcls_zoo.models.resnet_dcls  # noqa: F401  (registers the models in timm)
 import dcls_zoo.shared
 from dcls_zoo.construct import position_bounds
 from dcls_zoo.layers import Dcls2d
-from dcls_zoo.positions import clamp_model_positions_
 from dcls_zoo.models.resnet_dcls import ResNetDcls
+from dcls_zoo.positions import clamp_model_positions_
 
 STAGE_WIDTHS = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
 BLOCKS = {"layer1": 3, "layer2": 4, "layer3": 6, "layer4": 3}

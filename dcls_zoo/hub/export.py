@@ -29,9 +29,9 @@ from ..export_format import (
     timm_config,
     weights_metadata,
 )
+from ..figures import plot_position_scatter, save_png
 from ..names import check_model_name
 from ..state_dicts import atomic_path, check_state_dict, save_safetensors
-from ..figures import plot_position_scatter, save_png
 from .card import CARD_KEYS, dcls_settings, render_card
 
 __all__ = ["architecture_of", "save_pretrained"]

@@ -8,8 +8,12 @@ close-match hints: :mod:`.factory`.
 from timm.layers import register_notrace_module
 
 from ..layers import Dcls1d, Dcls2d, Dcls3d
-from . import convnext_dcls  # noqa: F401  (registers the ConvNeXt-dcls family in timm)
-from . import resnet_dcls  # noqa: F401  (registers resnet50_dcls, resnet50_dcls_k6 in timm)
+from . import (
+    convmixer_dcls,  # noqa: F401  (registers the compact ConvMixer-dcls testbed in timm)
+    convnext_dcls,  # noqa: F401  (registers the ConvNeXt-dcls family in timm)
+    resnet_dcls,  # noqa: F401  (registers resnet50_dcls, resnet50_dcls_k6 in timm)
+)
+from .convmixer_dcls import ConvMixerDcls
 from .convnext_dcls import ConvNeXtDcls
 from .dclsify import ConvertedLayer, DclsifyReport, dclsify
 from .factory import create_model, list_models
@@ -21,6 +25,7 @@ for _layer in (Dcls1d, Dcls2d, Dcls3d):
     register_notrace_module(_layer)
 
 __all__ = [
+    "ConvMixerDcls",
     "ConvNeXtDcls",
     "ConvertedLayer",
     "DclsifyReport",

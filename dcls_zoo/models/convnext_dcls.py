@@ -32,8 +32,8 @@ from torch import nn
 
 from ..layers import DclsConvNd
 from ..positions import spread_model_positions_
-from ..weights.pretrained import build_model_with_weights
 from ..weights.official import official_checkpoint_filter
+from ..weights.pretrained import build_model_with_weights
 from ..weights.table import PRETRAINED_WEIGHTS
 from .dclsify import DclsifyReport, dclsify
 

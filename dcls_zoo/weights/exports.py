@@ -15,7 +15,14 @@ from typing import Any
 import timm
 from torch import nn
 
-from ..export_format import CONFIG_NAME, WEIGHTS_NAME, check_config_matches_weights, read_export_config, recorded_files, verify_export
+from ..export_format import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    check_config_matches_weights,
+    read_export_config,
+    recorded_files,
+    verify_export,
+)
 from ..names import SOURCE_PREFIXES
 from ..state_dicts import verify_sha256
 from .hub_files import hub_file

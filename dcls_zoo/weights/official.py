@@ -39,12 +39,7 @@ from torch import Tensor, nn
 
 from ..positions import shared_group_key
 from ..shared import SHARED_ATTRIBUTE
-from ..state_dicts import (
-    clean_state_dict,
-    load_torch_file,
-    require_tensors,
-    select_weights,
-)
+from ..state_dicts import clean_state_dict, load_torch_file, require_tensors, select_weights
 
 __all__ = [
     "OFFICIAL_VERSIONS",

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import timm
 
-from ..names import check_model_name
 from ..errors import PretrainedWeightsError
 from ..export_format import WEIGHTS_NAME
+from ..names import check_model_name
 
 __all__ = [
     "DEFAULT_FILENAME",

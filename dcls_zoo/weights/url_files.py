@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import PretrainedWeightsError, UnsafeFileNameError
-from ..state_dicts import plain_file_name, atomic_path, confined_path
+from ..state_dicts import atomic_path, confined_path, plain_file_name
 from ..version import __version__
 from .network import TIMEOUT_ENV, download_dir, hub_timeout, network_deadline, offline, socket_timeout
 

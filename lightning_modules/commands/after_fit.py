@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities.model_summary import ModelSummary
+
+from dcls_zoo.positions import mean_position_shift
 
 from ..checkpoints import export_checkpoint, load_checkpoint, select_weights
 from ..run_record import limitations, training_record
@@ -67,6 +70,7 @@ def finish_fit(
         summary.test_images = _test_images(trainer)
     # of the tested weights (DCLS: their positions set the MACs)
     summary.params, summary.macs_per_image = model_size(model)
+    summary.positions_frozen, summary.position_shift_px = position_movement(model)
     if export and trainer.is_global_zero:
         if checkpoint:
             card = {"training": training_record(trainer, model, datamodule, summary),
@@ -91,6 +95,18 @@ def _test_images(trainer: pl.Trainer) -> int | None:
     if not batches or not hasattr(dataset, "__len__") or not isinstance(batch_size, int) or math.isinf(batches[0]):
         return None
     return min(len(dataset), int(batches[0]) * batch_size)  # test loaders keep every example (no drop_last)
+
+
+def position_movement(model: pl.LightningModule) -> tuple[bool | None, dict[str, float] | None]:
+    """``(positions frozen?, {group: mean |P - P_initial| in px})`` of the model's weights now (after
+    the test: the tested ones), measured from the positions the run started from
+    (:func:`dcls_zoo.positions.mean_position_shift`); ``(None, None)`` without DCLS positions."""
+    initial = getattr(model, "initial_positions", None)
+    network = getattr(model, "model", None)
+    if not initial or not isinstance(network, torch.nn.Module):
+        return None, None
+    shifts = mean_position_shift(initial, network)
+    return bool(model.hparams.get("freeze_positions", False)), {name: round(value, 4) for name, value in shifts.items()}
 
 
 def model_size(model: pl.LightningModule) -> tuple[int, int | None]:

@@ -2,8 +2,9 @@
 
 Each run is a real ``dcls-zoo fit`` in its own process (the comparison's ``fit_config``, then a
 small config of the run's own: seed, ``model.arch``, ``model.model_kwargs``, a CSV logger into
-``<out>/runs/<arm>/seed<N>/version_K``), so every arm trains with the same recipe, through the
-same LightningCLI, with its output in ``fit.log`` beside it. Runs go seed by seed (all arms of
+``<out>/runs/<arm>/seed<N>/version_K``; then the comparison's ``fit_args``, then the arm's), so
+every arm trains with the same recipe, through the same LightningCLI, with its output in
+``fit.log`` beside it. Runs go seed by seed (all arms of
 seed 0 first), so an interrupted comparison already compares every arm.
 
 After each run ``<out>/`` is rewritten with what is finished: ``results.md`` (the command, the
@@ -34,14 +35,19 @@ from ..comparison import (
     Arm,
     Comparison,
     RunResult,
+    csv_rows,
+    differences,
+    differences_table,
     load_comparison,
     markdown_table,
+    movement_table,
     plot_comparison,
     read_run,
     runs_table,
     summarise,
 )
 from ..runs import CHECKPOINTS_DIR, LAST_NAME, runs_newest_first
+from ..significance import MIN_SEEDS
 
 __all__ = ["run"]
 
@@ -86,7 +92,7 @@ def _fit(comparison: Comparison, out: Path, arm: Arm, seed: int, resume: Path | 
     run_config = root / "run.yaml"
     run_config.write_text(yaml.safe_dump(_run_config(out, arm, seed), sort_keys=False))
     command = [sys.executable, "-m", "lightning_modules", "fit", "-c", str(comparison.fit_config),
-               "-c", str(run_config), *comparison.fit_args]
+               "-c", str(run_config), *comparison.fit_args, *arm.fit_args]
     if resume is not None:
         command.append(f"--ckpt_path={resume}")
     environment = dict(os.environ)
@@ -105,32 +111,66 @@ def _tail(path: Path, lines: int = 15) -> str:
 def _write_results(comparison: Comparison, out: Path, command: str, results: list[RunResult],
                    planned: int, failed: list[str], machine: str) -> None:
     summaries = summarise(comparison.arms, results)
-    arms = {arm.name: arm for arm in comparison.arms}
     status = f"{len(results)} of {planned} runs finished" + (f"; failed: {', '.join(failed)}" if failed else "")
     text = [
         f"# {comparison.title or comparison.path.stem}", "",
         f"Command: `{command}`", "",
         f"Comparison: `{comparison.path}` (fit config `{comparison.fit_config.name}`"
-        + (f", with `{' '.join(comparison.fit_args)}`" if comparison.fit_args else "") + ").", "",
+        + (f", with `{' '.join(comparison.fit_args)}`" if comparison.fit_args else "") + ")"
+        + ("; an arm's own options (the last column) come after these." if any(a.fit_args for a in comparison.arms)
+           else "."), "",
         f"Machine: {machine}.", "",
         f"Status: {status}.", "",
         "Mean ± sample standard deviation over the seeds. Test top-1 is that of each run's checkpoint "
         "with the best validation top-1. MACs per image are counted in one forward of the trained "
         "network (a DCLS layer convolves the part of its window its elements reach, so its count "
-        "depends on the trained positions); fit time is the wall time of `trainer.fit`.", "",
+        "depends on the trained positions); fit time is the wall time of `trainer.fit`, which on a shared "
+        "machine includes the time spent waiting for its cores: it is a speed measurement only for runs "
+        "that had the machine to themselves.", "",
         markdown_table(summaries), "",
+        *_reference_section(comparison, results),
+        *_movement_section(summaries),
         "## Every run", "", runs_table(comparison.arms, results), "",
         "![results](results.png)", "",
     ]
     (out / "results.md").write_text("\n".join(text))
     with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["arm", "arch", "seed", "test_top1", "best_val_top1", "fit_seconds", "params", "macs_per_image"])
-        for r in sorted(results, key=lambda r: (r.arm, r.seed)):
-            writer.writerow([r.arm, arms[r.arm].arch, r.seed, r.test_top1, r.best_val_top1, r.fit_seconds, r.params, r.macs])
+        csv.writer(handle).writerows(csv_rows(comparison.arms, results, comparison.reference))
     if results:
-        figure = plot_comparison(comparison.arms, results, comparison.title)
+        figure = plot_comparison(comparison.arms, results, comparison.title, comparison.reference)
         save_png(figure, out / "results.png")
+
+
+def _reference_section(comparison: Comparison, results: list[RunResult]) -> list[str]:
+    """results.md's test of every arm against the reference arm (nothing without one)."""
+    if comparison.reference is None:
+        return []
+    reference = next((arm for arm in comparison.arms if arm.name == comparison.reference), None)
+    heading = f"## Against the reference: {reference.label if reference else comparison.reference}"
+    found = differences(comparison.arms, results, comparison.reference)
+    if reference is None or not found:
+        why = "is not among the arms run" if reference is None else "has no finished run yet, or no other arm has"
+        return [heading, "", f"The reference arm `{comparison.reference}` {why}.", ""]
+    return [
+        heading, "",
+        "Difference of the mean test top-1 (arm minus reference, percentage points), its 95% confidence "
+        "interval and the two-sided p-value of Welch's t-test (unequal variances; Welch-Satterthwaite degrees "
+        f"of freedom; `scipy.stats.ttest_ind(equal_var=False)`). With fewer than {MIN_SEEDS} seeds in either "
+        "arm no interval or p-value is given.", "",
+        differences_table(found, reference), "",
+    ]
+
+
+def _movement_section(summaries: list) -> list[str]:
+    table = movement_table(summaries)
+    if not table:
+        return []
+    return [
+        "## How far the positions moved", "",
+        "Mean |P - P_initial| in pixels per position group (over every element and axis), between the "
+        "positions each run started from and its tested weights; mean ± std over the seeds.", "",
+        table, "",
+    ]
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -168,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         arms = tuple(arm for arm in arms if arm.name in args.arms)
     seeds = tuple(args.seeds) if args.seeds else comparison.seeds
     comparison = Comparison(comparison.path, comparison.fit_config, (*comparison.fit_args, *args.fit_arg), seeds, arms,
-                            comparison.title)
+                            comparison.title, comparison.reference)
     out = (args.out or Path("logs") / "compare" / comparison.path.stem).resolve()
     out.mkdir(parents=True, exist_ok=True)
     command = _command_line(args)
