@@ -119,8 +119,9 @@ def load_comparison(path: str | Path) -> Comparison:
     if not isinstance(fit_args, list) or not all(isinstance(a, str) for a in fit_args):
         _fail(path, "fit_args", "must be a list of option strings, e.g. [--trainer.max_epochs=6]")
     seeds = data.get("seeds")
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        _fail(path, "seeds", f"must be a non-empty list of integers, got {seeds!r}")
+    if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds):
+        _fail(path, "seeds", f"must be a non-empty list of integers in [0, 2**32 - 1], got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         _fail(path, "seeds", f"lists a seed twice: {seeds}")
     arms_data = data.get("arms")

@@ -220,26 +220,36 @@ def _compare(path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_compare_runs_every_arm_and_seed_reports_failures_and_continues(tmp_path):
+def test_compare_checks_every_arm_before_any_fit_and_reuses_only_runs_made_with_the_same_settings(tmp_path):
     arms = [
         {"name": "dcls", "label": "DCLS", "arch": "convnext_dcls_atto",
          "model_kwargs": {**_NARROW, "dcls_kernel_size": [17, 15, 7, 3]}},
         {"name": "k7", "label": "7x7", "arch": "convnext_k7_atto", "model_kwargs": _NARROW},
         {"name": "broken", "arch": "no_such_model"},
     ]
+    out = tmp_path / "results"
+    # a broken arm stops the comparison at its dry start, before anything trains
     path = _write(tmp_path / "short.yaml", {"fit_config": str(QUICKSTART), "fit_args": _SHORT, "seeds": [0, 1],
                                             "arms": arms})
-    out = tmp_path / "results"
+    refused = _compare(path, out, "--parallel", "2")
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "arm broken:" in refused.stderr and "no_such_model" in refused.stderr
+    assert "1 of 3 arms would fail (above); nothing was trained" in refused.stderr
+    assert not list(out.glob("runs/*/seed*/version_*"))
+
+    # an arm whose fits run no validation: reported as exactly that, not as a failure, and not retried
+    arms[2] = {"name": "noval", "label": "7x7 unvalidated", "arch": "convnext_k7_atto", "model_kwargs": _NARROW,
+               "fit_args": ["--trainer.limit_val_batches=0"]}
+    path = _write(path, {"fit_config": str(QUICKSTART), "fit_args": _SHORT, "seeds": [0, 1], "arms": arms})
     first = _compare(path, out, "--parallel", "2")
-    assert first.returncode == 1, first.stderr[-3000:]  # the broken arm failed, the others ran
-    assert "6 fits" in first.stderr and "2 at a time" in first.stderr
-    assert "broken seed 0: FAILED (exit 2)" in first.stderr and "no_such_model" in first.stderr
-    assert "2 run(s) failed: broken/seed0, broken/seed1" in first.stderr
+    assert first.returncode == 1, first.stderr[-3000:]
+    assert "6 fits" in first.stderr and "2 at a time" in first.stderr and "(1 epoch, 2 seeds (0, 1))" in first.stderr
+    assert "noval seed 0: finished without a validation score" in first.stderr and "FAILED" not in first.stderr
+    results_md = (out / "results.md").read_text()
+    assert "Status: 4 of 6 runs finished; finished without a validation score: noval/seed0, noval/seed1." in results_md
+    assert "As run: 1 epoch, 2 seeds (0, 1)." in results_md and "Machine: CPU" in results_md
 
     # the table against each run's own summary.json, and the parameters against the models themselves
-    results_md = (out / "results.md").read_text()
-    assert "Status: 4 of 6 runs finished; failed: broken/seed0, broken/seed1." in results_md
-    assert "dcls-zoo compare -c" in results_md and "Machine: CPU" in results_md
     rows = _table_rows(results_md)
     assert set(rows) == {"DCLS", "7x7"}
     for arm in arms[:2]:
@@ -256,24 +266,76 @@ def test_compare_runs_every_arm_and_seed_reports_failures_and_continues(tmp_path
     with Image.open(out / "results.png") as image:
         image.verify()
 
-    # an interrupted run (its summary gone, its last.ckpt kept) resumes; finished runs are read back
+    # an interrupted run (its summary gone, its last.ckpt kept) resumes; finished runs are reused
     interrupted = next((out / "runs" / "dcls" / "seed1").glob("version_*"))
     (interrupted / "summary.json").unlink()
     again = _compare(path, out, "--arms", "dcls", "k7")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("finished earlier") == 3
-    assert re.search(r"dcls seed 1: test top-1 [0-9.]+% \(best val [0-9.]+%\) in resumed", again.stderr)
+    assert again.stderr.count("reused: finished earlier with these settings") == 3
+    assert re.search(r"dcls seed 1: test top-1 [0-9.]+% \(best val [0-9.]+%\) in [0-9.]+ min \(resumed from", again.stderr)
     log = (interrupted.parent / "fit.log").read_text()
     assert f"--ckpt_path={interrupted / 'checkpoints' / 'last.ckpt'}" in log
     assert [p.name for p in interrupted.parent.glob("version_*")] == [interrupted.name]  # the same run folder
     assert (interrupted / "summary.json").is_file()
     assert "Status: 4 of 4 runs finished." in (out / "results.md").read_text()
 
+    # an edited arm: its runs are trained again (new run folders), the others reused; results.md says which
+    arms[1]["model_kwargs"] = {**_NARROW, "ls_init_value": 0.5}
+    path = _write(path, {"fit_config": str(QUICKSTART), "fit_args": _SHORT, "seeds": [0, 1], "arms": arms})
+    edited = _compare(path, out, "--arms", "dcls", "k7")
+    assert edited.returncode == 0, edited.stderr[-3000:]
+    assert edited.stderr.count("k7 seed") >= 2 and "retrained: settings changed since version_0" in edited.stderr
+    assert "model.model_kwargs.ls_init_value" in edited.stderr
+    assert sorted(p.name for p in (out / "runs" / "k7" / "seed0").glob("version_*")) == ["version_0", "version_1"]
+    provenance = (out / "results.md").read_text().split("## How each run was obtained")[1]
+    assert provenance.count("reused: finished earlier with these settings") == 2
+    assert provenance.count("retrained: settings changed since version_0 (model.model_kwargs.ls_init_value") == 2
+
     # nothing left to run: the results are still written, from the finished runs alone
     (out / "results.md").unlink()
     done = _compare(path, out, "--arms", "dcls", "k7")
-    assert done.returncode == 0 and done.stderr.count("finished earlier") == 4, done.stderr[-3000:]
+    assert done.returncode == 0 and done.stderr.count("reused: finished earlier") == 4, done.stderr[-3000:]
     assert "Status: 4 of 4 runs finished." in (out / "results.md").read_text()
+
+
+def test_which_runs_are_reused_resumed_or_retrained(tmp_path):
+    """The plan of one arm x seed, from its run folders alone (no fit)."""
+    from lightning_modules.commands.compare import _plan
+    from lightning_modules.comparison import Arm
+    from lightning_modules.runs import RunIdentity, RunSummary
+
+    arm, seed = Arm("dcls", "DCLS", "convnext_dcls_atto"), 0
+    identity = RunIdentity({"model": {"arch": "convnext_dcls_atto", "lr": 0.002}, "seed_everything": 0})
+    root = tmp_path / "runs" / "dcls" / "seed0"
+    assert _plan(tmp_path, arm, seed, identity).why == "trained"
+
+    old = root / "version_0"
+    RunIdentity({"model": {"arch": "convnext_dcls_atto", "lr": 0.004}, "seed_everything": 0}).write(old)
+    RunSummary("convnext_dcls_atto", 1, 2, 1.0, test={"test/top1": 0.5}, best_validation={"best_val/top1": 0.5},
+               params=1, macs_per_image=1).write(old)
+    job = _plan(tmp_path, arm, seed, identity)
+    assert job.action == "train" and job.why == "retrained: settings changed since version_0 (model.lr: 0.004 in version_0, 0.002 in now)"
+
+    same = root / "version_1"
+    identity.write(same)
+    (same / "checkpoints").mkdir()
+    (same / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    job = _plan(tmp_path, arm, seed, identity)
+    assert job.action == "resume" and job.resume_from == same / "checkpoints" / "last.ckpt"
+
+    RunSummary("convnext_dcls_atto", 1, 2, 1.0, test={"test/top1": 0.6}, params=1, macs_per_image=1).write(same)
+    job = _plan(tmp_path, arm, seed, identity)
+    assert job.action == "reuse" and job.result is None and job.outcome == "no validation"
+    RunSummary("convnext_dcls_atto", 1, 2, 1.0, test={"test/top1": 0.6}, best_validation={"best_val/top1": 0.7},
+               params=1, macs_per_image=1).write(same)
+    job = _plan(tmp_path, arm, seed, identity)
+    assert job.action == "reuse" and job.result.test_top1 == 0.6 and job.why.startswith("reused")
+    # another seed of the same arm has another fingerprint: never the seed-0 run
+    assert _plan(tmp_path, arm, 1, identity.with_seed(1)).action == "train"
+
+    unrecorded = tmp_path / "runs" / "dcls" / "seed2" / "version_0"
+    unrecorded.mkdir(parents=True)
+    assert "records no settings" in _plan(tmp_path, arm, 2, identity.with_seed(2)).why
 
 
 @pytest.mark.slow
@@ -331,8 +393,14 @@ def test_compare_refuses_bad_options_before_any_fit(tmp_path, capsys):
     result = _compare(path, tmp_path / "out", "--arms", "nope")
     assert result.returncode == 2 and "--arms: no arm nope" in result.stderr
     bad = _write(tmp_path / "bad.yaml", _valid(seeds="0"))
+    negative = _write(tmp_path / "negative.yaml", _valid(seeds=[0, -1]))
     for config, extra, message in ((path, ["--parallel", "0"], "--parallel must be >= 1"),
-                                   (bad, [], "seeds: must be a non-empty list of integers")):
+                                   (path, ["--seeds", "0", "0"], "--seeds lists a seed twice (0 0)"),
+                                   (bad, [], "seeds: must be a non-empty list of integers"),
+                                   (negative, [], "seeds: must be a non-empty list of integers in [0, 2**32 - 1]")):
         assert main(["compare", "-c", str(config), "--out", str(tmp_path / "out"), *extra]) == 2
         assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # argparse refuses a negative seed before anything starts
+        main(["compare", "-c", str(path), "--seeds", "-1"])
+    assert info.value.code == 2 and "--seeds: -1 is outside [0, 2**32 - 1]" in capsys.readouterr().err
     assert not (tmp_path / "out" / "runs").exists()

@@ -8,9 +8,16 @@ only to run it (see :mod:`lightning_modules.commands.main`).
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
+import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import NoReturn
 
 __all__ = [
+    "OneLineArgumentParser",
+    "one_line_error",
     "add_benchmark_arguments",
     "add_checkpoint_arguments",
     "add_compare_arguments",
@@ -18,6 +25,67 @@ __all__ = [
     "add_export_arguments",
     "add_push_arguments",
 ]
+
+
+_UNRECOGNIZED = re.compile(r"unrecognized arguments: (\S+)")
+_NOT_ACCEPTED = re.compile(r"does not accept option '([^']+)'")
+_NO_FILE = re.compile(r"File does not exist: '([^']+)'")
+_GIVEN_VALUE = re.compile(r"Given value: (\S+)")
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
+
+
+def _close(word: str, candidates: Iterable[str], limit: int = 3) -> list[str]:
+    """Close matches of ``word`` (case-insensitive), then the candidates that end as it does."""
+    candidates = sorted(set(candidates))
+    by_lower = {c.lower(): c for c in candidates}
+    found = [by_lower[c] for c in difflib.get_close_matches(word.lower(), list(by_lower), n=limit, cutoff=0.72)]
+    tail = word.rsplit(".", 1)[-1].lstrip("-")
+    found += [c for c in candidates if c not in found and len(tail) > 1 and c.endswith("." + tail)]
+    return found[:limit]
+
+
+def one_line_error(prog: str, message: str, options: Iterable[str] = (), classes: Iterable[str] = ()) -> str:
+    """An argument parser's complaint as one line that leads with the mistake and offers a fix.
+
+    Args:
+        prog: the command (``"dcls-zoo fit"``).
+        message: the parser's message (argparse's or jsonargparse's, possibly several lines).
+        options: the option strings the command takes (``--trainer.max_epochs``), for a did-you-mean.
+        classes: the class names a class-valued option takes, for a did-you-mean.
+    """
+    text = " ".join(line.strip() for line in message.strip().splitlines() if line.strip())
+    hint = ""
+    if match := _UNRECOGNIZED.search(text) or _NOT_ACCEPTED.search(text):
+        given = match.group(1)
+        given = given if given.startswith("-") else f"--{given}"
+        close = _close(given.split("=", 1)[0], options)
+        text = f"unknown option {given}"
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    elif match := _NO_FILE.search(text):
+        missing = Path(match.group(1))
+        siblings = [str(missing.with_name(p.name)) for p in missing.parent.glob("*")] if missing.parent.is_dir() else []
+        close = _close(str(missing), siblings)
+        text = f"config file {missing} does not exist"
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    elif (match := _GIVEN_VALUE.search(text)) and (key := _PARSER_KEY.search(text)):
+        given = match.group(1)
+        close = _close(given, classes)
+        text = f"--{key.group(1)} {given}: no such class"
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"{prog}: error: {text}{hint} ({prog} --help lists the options)"
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """``argparse`` with one-line errors (:func:`one_line_error`) and no abbreviated options."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)  # --out-dir is not --out: a typo is an error, not a guess
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        options = [option for action in self._actions for option in action.option_strings]
+        print(one_line_error(self.prog, message, options), file=sys.stderr)
+        raise SystemExit(2)
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,12 +159,24 @@ def add_benchmark_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("args", nargs=argparse.REMAINDER, help="passed to the script (try --help)")
 
 
+def _seed(text: str) -> int:
+    """A seed as Lightning's ``seed_everything`` takes it: an integer in [0, 2**32 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 2**32 - 1]")
+    return value
+
+
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", type=Path, required=True,
                         help="a comparison file, e.g. configs/compare/quick.yaml (fit config, seeds, arms)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default logs/compare/<comparison name>); run again to continue it")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the file's seeds")
+    parser.add_argument("--seeds", type=_seed, nargs="+", default=None,
+                        help="override the file's seeds (distinct integers in [0, 2**32 - 1])")
     parser.add_argument("--arms", nargs="+", default=None, help="run only these arms (by name)")
     parser.add_argument("--fit-arg", action="append", default=[], metavar="OPTION",
                         help="one more option for every fit, after the file's fit_args "

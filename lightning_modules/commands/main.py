@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command.is_lightning:
         run_lightning: Callable[[list[str] | None], int] = command.load_runner()
         return run_lightning(None if argv is None else arguments_given)
-    parser = argparse.ArgumentParser(prog=f"dcls-zoo {name}", description=command.help)
+    parser = arguments.OneLineArgumentParser(prog=f"dcls-zoo {name}", description=command.help)
     command.add_arguments(parser)
     parsed: Any = parser.parse_args(arguments_given[1:])  # option errors: exit 2 before any heavy import
     return command.load_runner()(parsed)

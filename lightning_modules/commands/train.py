@@ -25,7 +25,9 @@ from typing import Any, NoReturn
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from typing_extensions import override
 
 from dcls_zoo.errors import PretrainedWeightsError
 
@@ -55,6 +57,7 @@ from ..runs import (
     version_of,
 )
 from . import after_fit
+from .arguments import one_line_error
 
 __all__ = ["DRY_RUN_PREFIX", "DclsCLI", "cli_main", "run"]
 
@@ -67,6 +70,36 @@ CONFIG_CLASSES = (
     ClampPositions, SigmaSchedule, PositionMonitor, EpochSeed, HubPushCallback, CSVMetricsResume, WarmupEMAWeightAveraging,
     FashionMNISTDataModule, ImageFolderDataModule, SyntheticDataModule,
 )
+
+def _subclass_names(*bases: type) -> list[str]:
+    """The names of every imported subclass of ``bases`` (what a class-valued option may name)."""
+    found, stack = set(), list(bases)
+    while stack:
+        for cls in stack.pop().__subclasses__():
+            if cls.__name__ not in found:
+                found.add(cls.__name__)
+                stack.append(cls)
+    return sorted(found)
+
+
+class OneLineParser(LightningArgumentParser):
+    """LightningCLI's parser with one-line errors and a did-you-mean (the usage goes to ``--help``),
+    and no abbreviated options (``--trainer.max_epoch`` is a typo, not ``--trainer.max_epochs``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    @override
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        parser = getattr(ex, "subcommand_parser", None) or self
+        words = parser.prog.split()
+        prog = f"dcls-zoo {words[-1]}" if len(words) > 1 else "dcls-zoo"
+        options = [option for action in parser._actions for option in action.option_strings]
+        classes = _subclass_names(LightningDataModule, Callback, torch.optim.Optimizer)
+        print(one_line_error(prog, message, options, classes), file=sys.stderr)
+        raise SystemExit(2)
+
 
 class DclsCLI(LightningCLI):
     """LightningCLI for :class:`ImageClassifier` and any DataModule.
@@ -318,6 +351,7 @@ def cli_main(args: ArgsType = None) -> DclsCLI:
     return DclsCLI(
         ImageClassifier,
         LightningDataModule,
+        parser_class=OneLineParser,
         subclass_mode_data=True,
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
