@@ -6,6 +6,11 @@ call it once per forward. It checks its arguments as ``nn.ConvNd`` does, builds 
 from the elements' weights and positions (:mod:`dcls_zoo.construct`) and convolves through the
 backend chosen for the call (:mod:`dcls_zoo.backends`).
 
+Tensors that do not fit each other are refused before construction, with a ``ValueError`` that
+names the argument and gives its shape and the one expected (:func:`check_parameters`, memoised
+on the shapes); a ``SIG`` given to ``"bilinear"`` or missing for ``"triangle"``/``"gauss"`` too.
+An integer or bool input is a ``TypeError`` that says to convert (and normalise) it.
+
 Precision. Under ``torch.autocast`` the kernel is built from the parameters in their own dtype
 (fp32: bf16's 8-bit mantissa cannot place an element inside a 17-tap window to better than a
 tenth of a tap) and the convolution runs in the autocast dtype, as ``nn.Conv2d``'s does;
@@ -199,6 +204,89 @@ def check_finite_positions(P: Tensor, SIG: Tensor | None) -> None:
             )
 
 
+def _listed(value: object) -> bool:
+    return isinstance(value, (Sequence, torch.Size)) and not isinstance(value, str)
+
+
+def _spatial_dims(weight: Tensor, P: Tensor, dilated_kernel_size: object, input: object = None,
+                  groups: object = 1) -> int:
+    """How many spatial axes a call has, decided before its tensors are checked against it.
+
+    A window listed per axis says it. Else the tensors do (``P``'s learned axes and ``weight``'s
+    dense ones), unless the input contradicts them: then the input's batched reading wins, so the
+    shape checks name the parameter that disagrees with it. A ``dims + 1``-dimensional input
+    whose channels fit only as a batch of ``dims - 1`` spatial axes is read so too.
+    """
+    if type(dilated_kernel_size) is tuple or _listed(dilated_kernel_size):  # the layers' tuple: quickly
+        return len(dilated_kernel_size)
+    # at least one axis: a P without learned axes is then named by the shape checks
+    dims = max(max(weight.dim() - 3, 0) + (P.shape[0] if P.dim() else 0), 1)
+    if not isinstance(input, Tensor) or input.dim() == dims + 2 or input.dim() < 3:
+        return dims
+    if input.dim() == dims + 1:
+        if type(groups) is not int or weight.dim() < 2:
+            return dims
+        channels = weight.shape[1] * groups
+        if input.shape[0] == channels or input.shape[1] != channels:
+            return dims
+    return input.dim() - 2
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return str(tuple(shape))
+
+
+def _check_shapes(weight: torch.Size, P: torch.Size, SIG: torch.Size | None, bias: torch.Size | None,
+                  geometry: DclsGeometry) -> None:
+    axes, dense = geometry.learned_axes, geometry.dense_window
+    learned = f"{len(axes)} learned ax{'is' if len(axes) == 1 else 'es'}"
+    if len(axes) != geometry.dims:
+        learned += f" (learned_axes={axes})"
+    dense_names = [f"{size} (axis {axis})" for axis, size in enumerate(geometry.window) if axis not in axes]
+    if len(weight) != 3 + len(dense) or tuple(weight[2:-1]) != dense:
+        expected = ", ".join(["C_out", "C_in/groups", *dense_names, "K"])
+        raise ValueError(
+            f"weight has shape {_shape(weight)}: expected ({expected}) for a {geometry.dims}D convolution "
+            f"with dilated_kernel_size={geometry.window} and {learned}"
+        )
+    c_out, c_in, count = weight[0], weight[1], weight[-1]
+    fits = (len(P) == len(weight) + 1 and P[0] == len(axes) and P[-1] == count
+            and all(p in (w, 1) for p, w in zip(P[1:-1], weight[:-1])))
+    if not fits:
+        expected = ", ".join([str(len(axes)), f"C_out={c_out} or 1", f"C_in/groups={c_in} or 1",
+                              *(f"{size} or 1" for size in dense), f"K={count}"])
+        raise ValueError(
+            f"P has shape {_shape(P)}: expected ({expected}) for weight {_shape(weight)} and {learned}"
+        )
+    name = geometry.interpolation.name
+    if not geometry.interpolation.has_sigma and SIG is not None:
+        raise ValueError(f"SIG has shape {_shape(SIG)} but version {name!r} has no widths: pass SIG=None")
+    if geometry.interpolation.has_sigma and SIG is None:
+        raise ValueError(f"SIG is None but version {name!r} learns widths: pass SIG shaped like P {_shape(P)}")
+    if SIG is not None and SIG != P:
+        raise ValueError(f"SIG has shape {_shape(SIG)}: expected P's shape {_shape(P)} (one width per position)")
+    if bias is not None and tuple(bias) != (c_out,):
+        raise ValueError(f"bias has shape {_shape(bias)}: expected (C_out={c_out},) for weight {_shape(weight)}")
+
+
+@functools.lru_cache(maxsize=512)
+def _memoised_shapes(*shapes_and_geometry) -> None:
+    _check_shapes(*shapes_and_geometry)  # a failure is not cached: it raises again next time
+
+
+def check_parameters(weight: Tensor, P: Tensor, SIG: Tensor | None, bias: Tensor | None,
+                     geometry: DclsGeometry) -> None:
+    """Refuse ``weight``, ``P``, ``SIG`` and ``bias`` whose shapes do not fit each other and
+    ``geometry``, naming the argument and both shapes (memoised on the shapes: a layer's call
+    costs one dictionary look-up, on metadata only)."""
+    # weight and P: the callers have checked them (dcls_conv, dcls_kernel; TorchScript types them)
+    for name, value in (("SIG", SIG), ("bias", bias)):
+        if value is not None and not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a Tensor or None, got {type(value).__name__}")
+    _memoised_shapes(weight.shape, P.shape, None if SIG is None else SIG.shape,
+                     None if bias is None else bias.shape, geometry)
+
+
 FootprintsArgument = Union[Footprints, Callable[[], Footprints], None]
 
 
@@ -228,9 +316,9 @@ def dcls_kernel(
     Args:
         weight: ``(C_out, C_in / groups, *D, K)`` element weights (``D``: sizes of the axes
             without learned positions, usually none).
-        P: ``(len(learned_axes), C_out, C_in / groups, *D, K)`` centred positions (or a shape
-            that broadcasts to it, e.g. positions shared by channels).
-        SIG: like ``P`` for ``"triangle"``/``"gauss"``, ``None`` for ``"bilinear"``.
+        P: ``(len(learned_axes), C_out, C_in / groups, *D, K)`` centred positions; every
+            dimension but the first and ``K`` may be 1 (positions shared, e.g. by channels).
+        SIG: ``P``'s shape for ``"triangle"``/``"gauss"``, ``None`` for ``"bilinear"``.
         dilated_kernel_size: the window, an int or one size per spatial axis.
         version: the interpolation.
         learned_axes: kernel axes with learned positions (default: all).
@@ -240,8 +328,11 @@ def dcls_kernel(
     Returns:
         ``(C_out, C_in / groups, *dilated_kernel_size)`` in ``weight``'s dtype (also under autocast).
     """
-    geometry = dcls_geometry(weight.dim() - 3 + P.shape[0], dilated_kernel_size, version=version,
+    if not isinstance(weight, Tensor) or not isinstance(P, Tensor):
+        raise TypeError("dcls_kernel expects Tensors for weight and P")
+    geometry = dcls_geometry(_spatial_dims(weight, P, dilated_kernel_size), dilated_kernel_size, version=version,
                              learned_axes=learned_axes)
+    check_parameters(weight, P, SIG, None, geometry)
     return _kernel(weight, P, SIG, geometry, footprints)[0]
 
 
@@ -308,6 +399,11 @@ def _check_input(input: Tensor, weight: Tensor, geometry: DclsGeometry) -> None:
     dims = geometry.dims
     if not isinstance(input, Tensor):
         raise TypeError(f"dcls_conv expects a Tensor input, got {type(input).__name__}")
+    if not (input.dtype.is_floating_point or input.dtype.is_complex):
+        raise TypeError(
+            f"input has dtype {input.dtype}; DCLS convolves floating-point tensors: convert images with "
+            f"input.float() (and normalise) first"
+        )
     if input.dim() not in (dims + 1, dims + 2):
         raise ValueError(
             f"dcls_conv expects a {dims + 2}D (batched) or {dims + 1}D (unbatched) input, got shape {tuple(input.shape)}"
@@ -372,6 +468,7 @@ def convolve_with_geometry(
     """:func:`dcls_conv` with its non-tensor arguments already checked (a :class:`DclsGeometry`
     from :func:`dcls_geometry`) and ``backend`` a checked name; the scripted layers' entry."""
     _refuse_legacy_onnx_export()
+    check_parameters(weight, P, SIG, bias, geometry)
     _check_input(input, weight, geometry)
     unbatched = input.dim() == geometry.dims + 1
     batch = input.unsqueeze(0) if unbatched else input
@@ -427,8 +524,9 @@ def dcls_conv(
         weight: ``(C_out, C_in / groups, *D, K)``, ``K`` elements per kernel (``D``: sizes of
             the axes without learned positions, usually none).
         P: ``(len(learned_axes), C_out, C_in / groups, *D, K)`` centred positions, ``P[i]``
-            along the ``i``-th learned axis in PyTorch's order (or a shape that broadcasts).
-        SIG: like ``P`` (``"triangle"``/``"gauss"`` widths) or ``None`` (``"bilinear"``).
+            along the ``i``-th learned axis in PyTorch's order; every dimension but the first
+            and ``K`` may be 1 (positions shared, e.g. by channels).
+        SIG: ``P``'s shape (``"triangle"``/``"gauss"`` widths) or ``None`` (``"bilinear"``).
         dilated_kernel_size: the window the elements move in, an int or one size per axis.
         bias: ``(C_out,)`` or ``None``.
         stride, padding, groups, padding_mode: as ``nn.ConvNd`` (``padding`` also
@@ -449,6 +547,7 @@ def dcls_conv(
     if not isinstance(weight, Tensor) or not isinstance(P, Tensor):
         raise TypeError("dcls_conv expects Tensors for weight and P")
     geometry = dcls_geometry(
-        weight.dim() - 3 + P.shape[0], dilated_kernel_size, stride, padding, groups, padding_mode, version, learned_axes
+        _spatial_dims(weight, P, dilated_kernel_size, input, groups), dilated_kernel_size, stride, padding, groups,
+        padding_mode, version, learned_axes,
     )
     return convolve_with_geometry(input, weight, P, SIG, bias, geometry, _check_backend(backend), footprints, cache)
