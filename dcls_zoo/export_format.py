@@ -52,6 +52,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "WEIGHT_SOURCE_ARGUMENTS",
     "check_config_matches_weights",
+    "check_label_names",
     "export_state_dict",
     "manifest",
     "provenance",
@@ -290,11 +291,19 @@ def _check_config_values(config: Mapping[str, Any], path: Path, what: str) -> No
     for key, value in (("num_classes", num_classes), ("model_args.num_classes", model_args.get("num_classes"))):
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_CLASSES):
             raise WeightsFileError(f"{what}: {path}'s {key} is {value!r}; expected an integer in [0, {_MAX_CLASSES:,}]")
-    labels = config.get("label_names")
-    if labels is not None and isinstance(num_classes, int) and isinstance(labels, (list, tuple)) and len(labels) != num_classes:
+
+
+def check_label_names(config: Mapping[str, Any], what: str) -> None:
+    """Refuse ``label_names`` that are not one name per class.
+
+    Raises:
+        WeightsFileError: naming the count of each.
+    """
+    labels, num_classes = config.get("label_names"), config.get("num_classes")
+    if isinstance(labels, (list, tuple)) and isinstance(num_classes, int) and len(labels) != num_classes:
         raise WeightsFileError(
-            f"{what}: {path}'s label_names has {len(labels)} names for num_classes={num_classes}; "
-            "one name per class (export the model again)"
+            f"{what}: config.json's label_names has {len(labels)} names for num_classes={num_classes}; one name per "
+            "class (export the model again)"
         )
 
 
@@ -360,8 +369,8 @@ def check_config_matches_weights(config: Mapping[str, Any], weights: str | os.Pa
         field, in_config, in_weights = difference
         raise ExportMismatchError(
             f"{what}: config.json's {field} is {json.dumps(in_config)}, but {Path(weights).name} records "
-            f"{json.dumps(in_weights)}; the config was edited after export and would build another model. Restore "
-            "config.json (or export the model again)"
+            f"{json.dumps(in_weights)}; the config was edited after export and no longer describes these weights. "
+            "Restore config.json (or export the model again)"
         )
     return True
 
@@ -396,6 +405,7 @@ def verify_export(directory: str | os.PathLike[str], config: Mapping[str, Any], 
         _logger.warning("%s: no checksum recorded for %s (not exported by dcls-zoo); not verified", what, WEIGHTS_NAME)
         _check_safetensors_whole(weights, what)
     check_config_matches_weights(config, weights, what)
+    check_label_names(config, what)  # after the record: an edited num_classes is named as such first
     return bool(recorded)
 
 

@@ -85,3 +85,28 @@ def test_a_checkpoint_named_from_inside_its_run_folder_is_found(tmp_path, monkey
     monkeypatch.chdir(checkpoints)
     assert run_folder_of("last.ckpt") == checkpoints.parent
     assert run_folder_of("last") is None and run_folder_of(tmp_path / "elsewhere.ckpt") is None
+
+
+def test_every_command_line_mistake_is_one_line_with_a_did_you_mean(tmp_path):
+    """The real ``dcls-zoo`` as subprocesses (started together): exit 2, one line, the fix named, no usage dump."""
+    (tmp_path / "bad.yaml").write_text("model:\n  lr: 0.1\n")
+    cases = [
+        (["fit", "-c", QUICKSTART, "--model.lr", "0.1"], "unknown option --model.lr", None),
+        (["fit", "-c", QUICKSTART, "-c", str(tmp_path / "bad.yaml")], "unknown option --model.lr", None),
+        (["fit", "-c", QUICKSTART, "--data", "FashionMnistDataModule"], "--data FashionMnistDataModule: no such class",
+         "did you mean FashionMNISTDataModule?"),
+        (["fit", "-c", QUICKSTART.replace(".yaml", ".yml")], "config file", "did you mean " + QUICKSTART),
+        (["fit", "-c", QUICKSTART, "--trainer.max_epoch", "1"], "unknown option --trainer.max_epoch",
+         "did you mean --trainer.max_epochs"),  # an abbreviation is refused, never taken as max_epochs
+        (["compare", "-c", "x.yaml", "--parall", "2"], "unknown option --parall", "did you mean --parallel?"),
+    ]
+    processes = [subprocess.Popen([sys.executable, "-m", "lightning_modules", *arguments], cwd=tmp_path, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for arguments, _, _ in cases]
+    for process, (arguments, mistake, fix) in zip(processes, cases):
+        out, err = process.communicate(timeout=600)
+        assert process.returncode == 2, (arguments, err[-2000:])
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"dcls-zoo {arguments[0]}: error: "), (arguments, err)
+        assert mistake in lines[0] and (fix or "did you mean") in lines[0], (arguments, lines[0])
+        assert "usage:" not in err and "Traceback" not in err
+    assert not (tmp_path / "logs").exists()  # nothing started

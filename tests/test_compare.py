@@ -215,15 +215,17 @@ _NARROW = {"stem": "small", "stem_stride": 2, "dims": [8, 16, 24, 32]}
 def _compare(path: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "lightning_modules", "compare", "-c", str(path), "--out", str(out), *extra]
     # the checkout under test first on the path (run from elsewhere, python -m finds an installed copy)
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    # (and the tests' helpers, for the callbacks that interrupt a run)
+    paths = [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     return subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=path.parent, env=environment)
 
 
 @pytest.mark.slow
 def test_compare_checks_every_arm_before_any_fit_and_reuses_only_runs_made_with_the_same_settings(tmp_path):
-    arms = [
+    arms = [  # the DCLS arm trains two epochs: one run of it is interrupted after the first
         {"name": "dcls", "label": "DCLS", "arch": "convnext_dcls_atto",
-         "model_kwargs": {**_NARROW, "dcls_kernel_size": [17, 15, 7, 3]}},
+         "model_kwargs": {**_NARROW, "dcls_kernel_size": [17, 15, 7, 3]}, "fit_args": ["--trainer.max_epochs=2"]},
         {"name": "k7", "label": "7x7", "arch": "convnext_k7_atto", "model_kwargs": _NARROW},
         {"name": "broken", "arch": "no_such_model"},
     ]
@@ -241,13 +243,23 @@ def test_compare_checks_every_arm_before_any_fit_and_reuses_only_runs_made_with_
     arms[2] = {"name": "noval", "label": "7x7 unvalidated", "arch": "convnext_k7_atto", "model_kwargs": _NARROW,
                "fit_args": ["--trainer.limit_val_batches=0"]}
     path = _write(path, {"fit_config": str(QUICKSTART), "fit_args": _SHORT, "seeds": [0, 1], "arms": arms})
+    # one run interrupted after its first epoch, as a Ctrl-C would leave it: last.ckpt, no summary (the
+    # interrupting callback only watches, so the run keeps its fingerprint)
+    cut = _compare(path, out, "--seeds", "1", "--arms", "dcls", "--fit-arg=--trainer.callbacks+=run_helpers.StopAfterEpoch")
+    assert cut.returncode == 0, cut.stderr[-3000:]
+    interrupted = next((out / "runs" / "dcls" / "seed1").glob("version_*"))
+    (interrupted / "summary.json").unlink()
     first = _compare(path, out, "--parallel", "2")
     assert first.returncode == 1, first.stderr[-3000:]
-    assert "6 fits" in first.stderr and "2 at a time" in first.stderr and "(1 epoch, 2 seeds (0, 1))" in first.stderr
+    assert "6 fits" in first.stderr and "2 at a time" in first.stderr and "(per arm dcls 2 epochs; k7 1 epoch; noval 1 epoch, 2 seeds (0, 1))" in first.stderr
+    assert re.search(r"dcls seed 1: test top-1 [0-9.]+% \(best val [0-9.]+%\) in [0-9.]+ min \(resumed from", first.stderr)
+    log = (interrupted.parent / "fit.log").read_text()
+    assert f"--ckpt_path={interrupted / 'checkpoints' / 'last.ckpt'}" in log
+    assert [p.name for p in interrupted.parent.glob("version_*")] == [interrupted.name]  # the same run folder
     assert "noval seed 0: finished without a validation score" in first.stderr and "FAILED" not in first.stderr
     results_md = (out / "results.md").read_text()
     assert "Status: 4 of 6 runs finished; finished without a validation score: noval/seed0, noval/seed1." in results_md
-    assert "As run: 1 epoch, 2 seeds (0, 1)." in results_md and "Machine: CPU" in results_md
+    assert "As run: per arm dcls 2 epochs; k7 1 epoch; noval 1 epoch, 2 seeds (0, 1)." in results_md and "Machine: CPU" in results_md
 
     # the table against each run's own summary.json, and the parameters against the models themselves
     rows = _table_rows(results_md)
@@ -266,18 +278,7 @@ def test_compare_checks_every_arm_before_any_fit_and_reuses_only_runs_made_with_
     with Image.open(out / "results.png") as image:
         image.verify()
 
-    # an interrupted run (its summary gone, its last.ckpt kept) resumes; finished runs are reused
-    interrupted = next((out / "runs" / "dcls" / "seed1").glob("version_*"))
-    (interrupted / "summary.json").unlink()
-    again = _compare(path, out, "--arms", "dcls", "k7")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("reused: finished earlier with these settings") == 3
-    assert re.search(r"dcls seed 1: test top-1 [0-9.]+% \(best val [0-9.]+%\) in [0-9.]+ min \(resumed from", again.stderr)
-    log = (interrupted.parent / "fit.log").read_text()
-    assert f"--ckpt_path={interrupted / 'checkpoints' / 'last.ckpt'}" in log
-    assert [p.name for p in interrupted.parent.glob("version_*")] == [interrupted.name]  # the same run folder
     assert (interrupted / "summary.json").is_file()
-    assert "Status: 4 of 4 runs finished." in (out / "results.md").read_text()
 
     # an edited arm: its runs are trained again (new run folders), the others reused; results.md says which
     arms[1]["model_kwargs"] = {**_NARROW, "ls_init_value": 0.5}

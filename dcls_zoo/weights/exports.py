@@ -19,6 +19,7 @@ from ..export_format import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     check_config_matches_weights,
+    check_label_names,
     read_export_config,
     recorded_files,
     verify_export,
@@ -62,6 +63,8 @@ def create_from_source(name: str, pretrained: bool = False, **kwargs: Any) -> nn
         config = read_export_config(directory, name)
         if pretrained:
             verify_export(directory, config, name)
+        else:
+            check_label_names(config, name)
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     repo_id, _, revision = target.partition("@")
     cache_dir = kwargs.get("cache_dir")
@@ -82,6 +85,7 @@ def create_from_source(name: str, pretrained: bool = False, **kwargs: Any) -> nn
                 _logger.info("%s: no checksums recorded (not pushed by dcls-zoo); %s not verified", name, WEIGHTS_NAME)
             if weights is not None:  # also checks that the file is whole
                 check_config_matches_weights(config, weights, name)
+        check_label_names(config, name)
         pinned = f"hf-hub:{repo_id}@{commit}" if commit else name
         return timm.create_model(pinned, pretrained=pretrained, **kwargs)
 

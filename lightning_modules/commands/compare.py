@@ -57,12 +57,14 @@ from ..comparison import (
     runs_table,
     summarise,
 )
+from ..checkpoints import load_checkpoint
 from ..runs import (
     CHECKPOINTS_DIR,
     LAST_NAME,
     RunIdentity,
     RunSummary,
     describe_differences,
+    epochs_done,
     runs_newest_first,
     setting_differences,
 )
@@ -174,7 +176,7 @@ def _plan(out: Path, arm: Arm, seed: int, identity: RunIdentity) -> _Run:
             return _Run(arm, seed, identity, "reuse", f"finished earlier with these settings ({run.name})",
                         outcome="no validation")
         last = run / CHECKPOINTS_DIR / LAST_NAME
-        if last.is_file():
+        if last.is_file() and not _trained_to_the_end(last, identity):
             return _Run(arm, seed, identity, "resume", f"resumed from {run.name}/{CHECKPOINTS_DIR}/{LAST_NAME}",
                         resume_from=last)
     if not runs:
@@ -183,11 +185,23 @@ def _plan(out: Path, arm: Arm, seed: int, identity: RunIdentity) -> _Run:
     if newest is None:
         why = f"retrained: {runs[0].name} records no settings (made before dcls-zoo recorded them)"
     elif matching:
-        why = f"trained again: the earlier run with these settings ({matching[0].name}) stopped before any checkpoint"
+        why = (f"trained again: the earlier run with these settings ({matching[0].name}) stopped before a checkpoint "
+               "it could resume from, or after its training but before its test")
     else:
         changed = describe_differences(setting_differences(newest.settings, identity.settings), runs[0].name, "now")
         why = f"retrained: settings changed since {runs[0].name} ({changed})"
     return _Run(arm, seed, identity, "train", why)
+
+
+def _trained_to_the_end(last: Path, identity: RunIdentity) -> bool:
+    """Whether ``last.ckpt`` already holds every epoch the run asks for (nothing left to resume), or
+    cannot be read (nothing to resume from either)."""
+    try:
+        done = epochs_done(load_checkpoint(last, mmap=True))
+    except ValueError:
+        return True
+    max_epochs = (identity.settings.get("trainer") or {}).get("max_epochs")
+    return isinstance(max_epochs, int) and max_epochs > 0 and done is not None and done >= max_epochs
 
 
 def _fit(comparison: Comparison, out: Path, job: _Run, threads: int | None) -> int:
@@ -216,18 +230,26 @@ def _read_back(out: Path, job: _Run) -> None:
         return
 
 
-def as_run(identity: RunIdentity, seeds: tuple[int, ...], overrides: tuple[str, ...]) -> str:
+def as_run(identities: dict[str, RunIdentity], seeds: tuple[int, ...], overrides: tuple[str, ...]) -> str:
     """What the runs actually were, read from their settings (not from the comparison's title):
-    ``"5 epochs, 5 seeds (0-4), with --trainer.max_epochs=5"``."""
-    trainer = identity.settings.get("trainer") or {}
-    length = []
-    if isinstance(trainer.get("max_steps"), int) and trainer["max_steps"] > 0:
-        length.append(f"at most {trainer['max_steps']} steps")
-    if isinstance(trainer.get("max_epochs"), int) and trainer["max_epochs"] >= 0:
-        length.insert(0, f"{trainer['max_epochs']} epoch{'s' if trainer['max_epochs'] != 1 else ''}")
-    listed = ", ".join(map(str, seeds)) if len(seeds) <= 6 else f"{seeds[0]}...{seeds[-1]}"
-    text = ", ".join([*length, f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({listed})"])
-    return text + (f", with {' '.join(overrides)}" if overrides else "")
+    ``"5 epochs, 5 seeds (0, 1, 2, 3, 4), with --trainer.max_epochs=5"`` (epochs per arm when they differ)."""
+
+    def length(identity: RunIdentity) -> str:
+        trainer = identity.settings.get("trainer") or {}
+        epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps")
+        text = f"{epochs} epoch{'s' if epochs != 1 else ''}" if isinstance(epochs, int) and epochs >= 0 else ""
+        if isinstance(steps, int) and steps > 0:
+            text += f"{' or ' if text else ''}at most {steps} steps"
+        return text or "as long as the trainer's defaults run"
+
+    lengths = {name: length(identity) for name, identity in identities.items()}
+    if len(set(lengths.values())) == 1:
+        parts = [next(iter(lengths.values()))]
+    else:
+        parts = ["per arm " + "; ".join(f"{name} {text}" for name, text in lengths.items())]
+    listed = ", ".join(map(str, seeds)) if len(seeds) <= 6 else f"{seeds[0]}, ..., {seeds[-1]}"
+    parts.append(f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({listed})")
+    return ", ".join(parts) + (f", with {' '.join(overrides)}" if overrides else "")
 
 
 def _write_results(comparison: Comparison, out: Path, command: str, jobs: list[_Run], machine: str,
@@ -367,7 +389,7 @@ def run(args: argparse.Namespace) -> int:
         for error in identities:
             print(f"dcls-zoo compare: {error}", file=sys.stderr)
         return _fail(f"{len(identities)} of {len(arms)} arms would fail (above); nothing was trained")
-    run_as = as_run(identities[arms[0].name], seeds, tuple(args.fit_arg))
+    run_as = as_run(identities, seeds, tuple(args.fit_arg))
     print(f"dcls-zoo compare: {len(arms)} arms x {len(seeds)} seeds = {len(plan)} fits of {comparison.fit_config.name} "
           f"({run_as}) into {out}" + (f", {parallel} at a time with {threads} thread(s) each" if parallel > 1 else ""),
           file=sys.stderr)
