@@ -80,8 +80,8 @@ class PositionOwner(NamedTuple):
 def position_owners(model: nn.Module) -> list[PositionOwner]:
     """Every distinct holder of positions of ``model`` once, in module order.
 
-    A shared holder kept outside the module tree is found through its layers and named after
-    the first of them.
+    A shared holder is named by its canonical path (``stages.0.dcls_shared.conv_dw``), or where
+    first met when the module holds no owner of it (a ``GraphModule`` that copied the layers).
     """
     paths = {id(module): path for path, module in model.named_modules()}
     found: dict[int, tuple[str, SharedPositions | DclsConvNd, list[DclsConvNd]]] = {}

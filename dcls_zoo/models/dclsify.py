@@ -39,7 +39,7 @@ from ..positions import (  # noqa: F401
     spread_model_positions_,
     stage_of,
 )
-from ..shared import SHARED_ATTRIBUTE, SharedPositions, SharedPositionsDict
+from ..shared import SharedPositions, register_shared_positions
 
 __all__ = ["dclsify", "DclsifyReport", "Conversion"]
 
@@ -214,10 +214,7 @@ def dclsify(
                 element_shape, learned, interpolation, device=first.weight.device, dtype=first.weight.dtype
             )
             owner_path, role = group.rsplit("/", 1)
-            owner = model.get_submodule(owner_path) if owner_path else model
-            if not hasattr(owner, SHARED_ATTRIBUTE):
-                owner.add_module(SHARED_ATTRIBUTE, SharedPositionsDict())
-            getattr(owner, SHARED_ATTRIBUTE)[role] = shared
+            register_shared_positions(model.get_submodule(owner_path) if owner_path else model, role, shared)
         for path in paths:
             _replace(model, path, _to_dcls(chosen[path], windows[path], kernel_count, interpolation, shared))
             report.converted.append(Conversion(path, chosen[path].kernel_size, windows[path], kernel_count, group))
