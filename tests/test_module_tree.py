@@ -11,6 +11,7 @@ loads strictly; names and order of ``named_parameters`` are the canonical ones).
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import timm
@@ -218,3 +219,21 @@ def test_fuse_and_reparameterize_drop_every_registration():
     for fused in (dcls_zoo.fuse(model), timm.utils.reparameterize_model(model)):
         assert not _stage_groups(fused) and not dcls_zoo.position_parameters(fused)
         assert not any("dcls_shared" in key or "shared_positions" in key for key in fused.state_dict())
+
+
+def test_pickle_round_trip_keeps_the_canonical_names():
+    model = dcls_zoo.create_model("convnext_dcls_atto", num_classes=3)
+    loaded = pickle.loads(pickle.dumps(model))
+    assert [n for n, _ in loaded.named_parameters()] == [n for n, _ in model.named_parameters()]
+    assert all(block.conv_dw.P is loaded.stages[2].dcls_shared.conv_dw.P for block in loaded.stages[2].blocks)
+
+
+def test_layers_pickled_with_the_group_outside_the_tree_still_load():
+    """Before the group was a submodule a layer kept it in ``__dict__['_shared_positions']``."""
+    group = SharedPositions((4, 1, 3), (7, 7), "gauss")
+    layer = Dcls2d(4, 4, 3, 7, padding=3, groups=4, shared_positions=group)
+    state = dict(layer.__dict__, _modules={}, _shared_positions=group)
+    old = Dcls2d.__new__(Dcls2d)
+    old.__setstate__(state)
+    assert old.shared_positions is group and old.P is group.P and old.SIG is group.SIG
+    assert [n for n, _ in old.named_parameters()] == ["weight", "bias", "shared_positions.P", "shared_positions.SIG"]
