@@ -115,8 +115,12 @@ def spread_model_positions_(model: nn.Module, generator: torch.Generator | None 
     """
     for holder in position_owners(model):
         positions = holder.owner.P
+        if positions.is_meta:  # a meta build holds no values to draw (init_weights draws them later)
+            continue
+        # drawn where the generator lives (the CPU's default one without a generator), copied over
+        device = generator.device if generator is not None else torch.device("cpu")
         for axis, window in enumerate(holder.owner.learned_kernel_size):
             low, high = position_bounds(window)
-            values = torch.rand(positions[axis].shape, generator=generator, dtype=positions.dtype)
+            values = torch.rand(positions[axis].shape, generator=generator, dtype=positions.dtype, device=device)
             positions[axis].copy_(values * (high - low) + low)
 
