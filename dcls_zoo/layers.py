@@ -30,7 +30,7 @@ from .functional import (
     prepared_kernel,
 )
 from .scripting import dcls_conv_scripted
-from .shared import SharedPositions
+from .shared import ALIAS_ATTRIBUTE, SharedPositions
 
 __all__ = ["DclsConvNd", "Dcls1d", "Dcls2d", "Dcls3d"]
 
@@ -63,7 +63,7 @@ class DclsConvNd(nn.Module):
 
     spatial_dims: int
     # TorchScript compiles properties; this one reads Python state the scripted layer does not need.
-    __jit_unused_properties__ = ["shared_positions", "_padding_pairs"]
+    __jit_unused_properties__ = ["_padding_pairs"]
 
     def __init__(
         self,
@@ -111,9 +111,11 @@ class DclsConvNd(nn.Module):
         self.weight = nn.Parameter(torch.empty(element_shape, **factory))
         if shared_positions is not None:
             self._check_shared(shared_positions, element_shape)
-            # A plain reference, outside the module tree: the group's owner registers it once.
-            self.__dict__["_shared_positions"] = shared_positions
+            # A submodule (an alias of the group's canonical registration on its stage): whatever
+            # holds the layer holds its positions, e.g. a GraphModule that copied the layer.
+            self.register_module(ALIAS_ATTRIBUTE, shared_positions)
         else:
+            self.register_module(ALIAS_ATTRIBUTE, None)
             self.P = nn.Parameter(torch.empty(len(self.learned_axes), *element_shape, **factory))
             if self.interpolation.has_sigma:
                 self.SIG = nn.Parameter(torch.empty(len(self.learned_axes), *element_shape, **factory))
@@ -141,18 +143,19 @@ class DclsConvNd(nn.Module):
         if problems:
             raise ValueError(f"shared_positions do not fit this layer: {'; '.join(problems)}")
 
-    @property
-    def shared_positions(self) -> SharedPositions | None:
-        """The :class:`SharedPositions` this layer uses, or ``None`` when it owns ``P``/``SIG``."""
-        return self.__dict__.get("_shared_positions")
-
     def __getattr__(self, name: str):
-        # P and SIG of a layer with shared positions are the group's (not registered here).
+        # P and SIG of a layer with shared positions are the group's (registered in its submodule).
         if name in ("P", "SIG"):
-            shared = self.__dict__.get("_shared_positions")
+            shared = self.__dict__.get("_modules", {}).get(ALIAS_ATTRIBUTE)
             if shared is not None:
                 return getattr(shared, name)
         return super().__getattr__(name)
+
+    def __setstate__(self, state: dict) -> None:
+        # Layers pickled before the group became a submodule kept it in __dict__.
+        shared = state.pop("_shared_positions", None)
+        super().__setstate__(state)
+        self._modules.setdefault(ALIAS_ATTRIBUTE, shared)
 
     def reset_parameters(self) -> None:
         """Initialise as the official layers: kaiming-uniform weights, ``P ~ N(0, 0.5)`` clamped.
@@ -261,8 +264,6 @@ class DclsConvNd(nn.Module):
             text += ", bias=False"
         if self.padding_mode != "zeros":
             text += f", padding_mode={self.padding_mode!r}"
-        if self.shared_positions is not None:
-            text += ", shared_positions=True"
         if self.backend != "auto":
             text += f", backend={self.backend!r}"
         return text
@@ -279,7 +280,8 @@ class Dcls1d(DclsConvNd):
         version: ``"gauss"`` (default), ``"triangle"`` (``"max"``), ``"bilinear"`` (``"v0"``, ``"v1"``).
         learned_axes: kernel axes with learned positions (default: all).
         shared_positions: a :class:`~dcls_zoo.shared.SharedPositions` to take ``P``/``SIG`` from
-            instead of owning them (positions shared by a stage).
+            instead of owning them (positions shared by a stage); registered as the submodule
+            ``shared_positions`` (``None`` for a layer that owns its positions).
         backend: convolution backend, ``"auto"`` (chosen per call) or a name in
             :data:`dcls_zoo.backends.BACKENDS`.
     """

@@ -107,8 +107,8 @@ class PositionOwner(NamedTuple):
 def position_owners(model: nn.Module) -> list[PositionOwner]:
     """Every distinct holder of positions of ``model`` once, in module order.
 
-    A shared holder kept outside the module tree is found through its layers and named after
-    the first of them.
+    A shared holder is named by its canonical path (``stages.0.dcls_shared.conv_dw``), or where
+    first met when the module holds no owner of it (a ``GraphModule`` that copied the layers).
     """
     paths = {id(module): path for path, module in model.named_modules()}
     found: dict[int, tuple[str, SharedPositions | DclsConvNd, list[DclsConvNd]]] = {}
@@ -146,9 +146,13 @@ def spread_model_positions_(model: nn.Module, generator: torch.Generator | None 
     """
     for holder in position_owners(model):
         positions = holder.owner.P
+        if positions.is_meta:  # a meta build holds no values to draw (init_weights draws them later)
+            continue
+        # drawn where the generator lives (the CPU's default one without a generator), copied over
+        device = generator.device if generator is not None else torch.device("cpu")
         for axis, window in enumerate(holder.owner.learned_kernel_size):
             low, high = position_bounds(window)
-            values = torch.rand(positions[axis].shape, generator=generator, dtype=positions.dtype)
+            values = torch.rand(positions[axis].shape, generator=generator, dtype=positions.dtype, device=device)
             positions[axis].copy_(values * (high - low) + low)
 
 

@@ -21,13 +21,14 @@ Registered on ``import dcls_zoo``:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
-from timm.models.convnext import ConvNeXt
+from timm.models.convnext import ConvNeXt, ConvNeXtBlock
 from torch import nn
 
 from ..layers import DclsConvNd
@@ -36,8 +37,12 @@ from ..weights.official import official_checkpoint_filter
 from ..weights.pretrained import build_model_with_weights
 from ..weights.table import PRETRAINED_WEIGHTS
 from .dclsify import DclsifyReport, dclsify
+from .init import POSITION_INITS, init_model_positions, reset_module_parameters
 
 __all__ = ["ConvNeXtDcls"]
+
+# timm's defaults for the ConvNeXt arguments init_weights needs again (ConvNeXt keeps no copy).
+_CONVNEXT_DEFAULTS = {name: p.default for name, p in inspect.signature(ConvNeXt.__init__).parameters.items()}
 
 _PAPER = {
     "paper_ids": "arXiv:2112.03740",
@@ -70,6 +75,8 @@ class ConvNeXtDcls(ConvNeXt):
         stem: ``"patch"`` (timm's 4x4 stride-4 patchify) or ``"small"`` (a 3x3 conv of stride
             ``stem_stride``, for 28-64 px images; stage 0 keeps the stem's resolution).
         stem_stride: stride of the small stem: 1 (32 px -> 32/16/8/4 px maps) or 2 (16/8/4/2).
+        device, dtype: where and in what type to build every parameter (``"meta"``: build
+            without allocating, then ``to_empty`` and :meth:`init_weights`).
         **kwargs: timm ``ConvNeXt`` arguments (``depths``, ``dims``, ``kernel_sizes``,
             ``num_classes``, ``drop_path_rate``, ``conv_mlp``, ...).
     """
@@ -84,17 +91,26 @@ class ConvNeXtDcls(ConvNeXt):
         dw_dilation: int = 1,
         stem: str = "patch",
         stem_stride: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(device=device, dtype=dtype, **kwargs)
         if stem not in ("patch", "small"):
             raise ValueError(f"stem must be 'patch' or 'small', got {stem!r}")
         if stem_stride not in (1, 2) or (stem_stride != 1 and stem != "small"):
             raise ValueError(f"stem_stride must be 1 or 2 and needs stem='small', got stem_stride={stem_stride!r}, stem={stem!r}")
-        if dcls_position_init not in ("normal", "uniform"):
+        if dcls_position_init not in POSITION_INITS:
             raise ValueError(f"dcls_position_init must be 'normal' or 'uniform', got {dcls_position_init!r}")
         if dw_dilation != 1 and dcls_kernel_size is not None:
             raise ValueError("dw_dilation is for plain-conv baselines: set dcls_kernel_size=None")
+        # what init_weights needs to initialise the model again as built
+        self._init_settings = dict(
+            ls_init_value=kwargs.get("ls_init_value", _CONVNEXT_DEFAULTS["ls_init_value"]),
+            head_init_scale=kwargs.get("head_init_scale", _CONVNEXT_DEFAULTS["head_init_scale"]),
+            position_init=dcls_position_init,
+        )
+        self._small_stem = stem == "small"
         if stem == "small":
             self._use_small_stem(stem_stride)
         if dw_dilation != 1:
@@ -135,9 +151,10 @@ class ConvNeXtDcls(ConvNeXt):
         patch_conv, norm = self.stem[0], self.stem[1]
         self.stem = nn.Sequential(
             nn.Conv2d(patch_conv.in_channels, patch_conv.out_channels, 3, stride=stride, padding=1,
-                      bias=patch_conv.bias is not None),
+                      bias=patch_conv.bias is not None, device=patch_conv.weight.device, dtype=patch_conv.weight.dtype),
             norm,
         )
+        # built after timm's init, it keeps PyTorch's default conv init (init_weights does the same)
         for info in self.feature_info:
             info["reduction"] = info["reduction"] * stride // 4
 
@@ -149,6 +166,7 @@ class ConvNeXtDcls(ConvNeXt):
                     conv.in_channels, conv.out_channels, conv.kernel_size,
                     padding=dilation * (conv.kernel_size[0] // 2), dilation=dilation,
                     groups=conv.groups, bias=conv.bias is not None,
+                    device=conv.weight.device, dtype=conv.weight.dtype,
                 )
                 self._init_plain(block.conv_dw)
 
@@ -165,9 +183,57 @@ class ConvNeXtDcls(ConvNeXt):
             if isinstance(module, DclsConvNd):
                 self._init_plain(module)
 
+    @torch.no_grad()
+    def init_weights(self, needs_reset: bool = True) -> None:
+        """Initialise every parameter as a fresh build does: after ``to_empty``, or to start over.
+
+        ``timm.create_model(name, device="meta")`` allocates nothing; ``model.to_empty(device=...)``
+        gives the tensors storage with undefined values, and this fills them:
+
+        1. (``needs_reset``) every module's own init (:func:`~dcls_zoo.models.init.reset_module_parameters`):
+           norm weights 1 and biases 0;
+        2. timm's ConvNeXt init: trunc-normal(0.02) conv and linear weights, zero biases, the
+           classifier scaled by ``head_init_scale``; the small stem keeps PyTorch's conv init, as built;
+        3. layer scale (``gamma``) at ``ls_init_value``;
+        4. the DCLS layers: trunc-normal(0.02) weights, zero biases, positions as
+           ``dcls_position_init`` (:func:`~dcls_zoo.models.init.init_model_positions`), widths
+           at their initial value.
+
+        The values follow the same distributions as a fresh build's, not the same draws.
+        """
+        settings = self._init_settings
+        if needs_reset:
+            reset_module_parameters(self)
+        small_stem = self.stem[0] if self._small_stem else None
+        for name, module in self.named_modules():
+            if module is small_stem:
+                module.reset_parameters()
+            else:
+                _init_convnext_layer(module, name, settings["head_init_scale"])
+        for module in self.modules():
+            if isinstance(module, ConvNeXtBlock) and module.gamma is not None:
+                module.gamma.fill_(settings["ls_init_value"])
+        self._init_dcls_weights()
+        init_model_positions(self, settings["position_init"])
+
+
+@torch.no_grad()
+def _init_convnext_layer(module: nn.Module, name: str, head_init_scale: float) -> None:
+    """ConvNeXt's init of one layer (as timm's ``ConvNeXt`` constructor applies it, stated here to
+    depend on timm's public API only): convolution and linear weights truncated-normal with std
+    0.02, biases zero, the classifier ``head.fc`` scaled by ``head_init_scale``."""
+    if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        return
+    nn.init.trunc_normal_(module.weight, std=0.02)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.Linear) and "head." in name:
+        module.weight.mul_(head_init_scale)
+        module.bias.mul_(head_init_scale)
+
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ConvNeXtDcls:
-    # pretrained=True resolves through dcls_zoo.weights.build (Hub repo, else the authors' file).
+    # pretrained=True resolves through dcls_zoo.weights.pretrained (Hub repo, else the authors' file).
     return build_model_with_weights(
         ConvNeXtDcls,
         variant,

@@ -30,7 +30,7 @@ from torch import nn
 from ..construct import resolve_interpolation
 from ..layers import Dcls1d, Dcls2d, Dcls3d, DclsConvNd
 from ..positions import shared_group_key
-from ..shared import SHARED_ATTRIBUTE, SharedPositions, SharedPositionsDict
+from ..shared import SharedPositions, register_shared_positions
 
 __all__ = ["ConvertedLayer", "DclsifyReport", "dclsify"]
 
@@ -205,10 +205,7 @@ def dclsify(
                 element_shape, learned, interpolation, device=first.weight.device, dtype=first.weight.dtype
             )
             owner_path, role = group.rsplit("/", 1)
-            owner = model.get_submodule(owner_path) if owner_path else model
-            if not hasattr(owner, SHARED_ATTRIBUTE):
-                owner.add_module(SHARED_ATTRIBUTE, SharedPositionsDict())
-            getattr(owner, SHARED_ATTRIBUTE)[role] = shared
+            register_shared_positions(model.get_submodule(owner_path) if owner_path else model, role, shared)
         for path in paths:
             model.set_submodule(path, _to_dcls(chosen[path], windows[path], kernel_count, interpolation, shared))
             report.converted.append(ConvertedLayer(path, chosen[path].kernel_size, windows[path], kernel_count, group))

@@ -21,9 +21,11 @@ authors did. No weights are hosted (see ``default_cfgs``), so ``pretrained=True`
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import Bottleneck, ResNet
@@ -33,8 +35,11 @@ from ..layers import DclsConvNd
 from ..positions import stage_of
 from ..weights.pretrained import build_model_with_weights
 from .dclsify import DclsifyReport, dclsify
+from .init import init_model_positions, reset_module_parameters
 
 __all__ = ["ResNetDcls", "residual_block_conv"]
+
+_ZERO_INIT_LAST = inspect.signature(ResNet.__init__).parameters["zero_init_last"].default
 
 
 def residual_block_conv(path: str, conv: nn.Module) -> bool:
@@ -58,6 +63,8 @@ class ResNetDcls(ResNet):
             ``"layer"``, or a function ``path -> group`` (see :func:`dclsify`).
         dcls_include: which targeted convolutions to convert (default: the residual branches,
             :func:`residual_block_conv`); gets ``(path, conv)``.
+        device, dtype: where and in what type to build every parameter and buffer (``"meta"``:
+            build without allocating, then ``to_empty`` and :meth:`init_weights`).
         **kwargs: :class:`timm.models.resnet.ResNet` arguments (``block``, ``layers``,
             ``num_classes``, ...). ``output_stride`` below 32 dilates the last stages' 3x3
             convolutions, which DCLS cannot take over, so dclsify raises ``ValueError`` then.
@@ -74,9 +81,12 @@ class ResNetDcls(ResNet):
         dcls_version: str = "bilinear",
         dcls_share: str | Callable[[str], str | None] = "stage",
         dcls_include: Callable[[str, nn.Module], bool] = residual_block_conv,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, device=device, dtype=dtype, **kwargs)
+        self._zero_init_last = kwargs.get("zero_init_last", _ZERO_INIT_LAST)
         # Bottleneck's 1x1 convs are never targets; targets="all" (not "depthwise") because the
         # 3x3 convs are dense (groups=1) or grouped (ResNeXt, cardinality > 1).
         self.dclsify_report: DclsifyReport = dclsify(
@@ -92,10 +102,37 @@ class ResNetDcls(ResNet):
         # weights only carry their layer default, so give them timm's ResNet init here.
         self._init_dcls_weights()
 
-    def init_weights(self, zero_init_last: bool = True) -> None:
-        """timm's ResNet init, extended to the DCLS weights (a no-op for them during ``super().__init__``)."""
+    @torch.no_grad()
+    def init_weights(self, zero_init_last: bool | None = None, needs_reset: bool = True) -> None:
+        """timm's ResNet init extended to the DCLS layers: after ``to_empty``, or to start over.
+
+        ``timm.create_model(name, device="meta")`` allocates nothing; ``model.to_empty(device=...)``
+        gives the tensors storage with undefined values, and this fills them:
+
+        1. (``needs_reset``) every module's own init (:func:`~dcls_zoo.models.init.reset_module_parameters`):
+           BatchNorm weights 1, biases 0 and running statistics, the classifier's default init;
+        2. timm's ResNet init: kaiming-normal (fan-out) conv weights, and with ``zero_init_last``
+           each block's last BatchNorm weight at 0;
+        3. the DCLS layers: kaiming-normal (fan-out) weights (:meth:`_init_dcls_weights`),
+           positions ``N(0, 0.5)`` clamped.
+
+        timm's ``ResNet.__init__`` calls this on its freshly built modules, before dclsify: there
+        steps 1 and 3 are skipped (the modules hold their constructor init; there are no DCLS
+        layers yet), so a fresh build draws the same numbers as timm's.
+
+        Args:
+            zero_init_last: default: as the model was built.
+            needs_reset: whether to run step 1.
+        """
+        built = "dclsify_report" in self.__dict__
+        if zero_init_last is None:
+            zero_init_last = self._zero_init_last
+        if needs_reset and built:
+            reset_module_parameters(self)
         super().init_weights(zero_init_last=zero_init_last)
         self._init_dcls_weights()
+        if built:
+            init_model_positions(self)
 
     def _init_dcls_weights(self) -> None:
         """Kaiming-normal, fan-out, for the DCLS weights ``(C_out, C_in / groups, K)``.
