@@ -27,13 +27,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
 import dcls_zoo
-from dcls_zoo.errors import PretrainedWeightsError
+from dcls_zoo.errors import DclsZooError, PretrainedWeightsError
 from dcls_zoo.export_format import export_state_dict, without_weight_sources
 from dcls_zoo.hub import save_pretrained
 from dcls_zoo.names import SOURCE_PREFIXES
@@ -44,6 +45,7 @@ from dcls_zoo.state_dicts import (
     load_torch_file,
     select_weights,
 )
+from dcls_zoo.weights.exports import source_config
 
 __all__ = [
     "EXPORT_KEY",
@@ -54,6 +56,8 @@ __all__ = [
     "load_pretrained_weights",
     "model_from_checkpoint",
     "select_weights",
+    "weights_source",
+    "WeightsSource",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,6 +151,61 @@ def model_from_checkpoint(
 # --------------------------------------------------------------------------------------------
 # fine-tuning: weights from anywhere into a freshly built model
 
+#: Recorded model arguments that the fine-tuning data decides, not the weights.
+_DATA_DECIDES = ("num_classes", "in_chans")
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """What ``pretrained=...`` names, resolved: the model its weights were made for.
+
+    Attributes:
+        name: as given.
+        arch: the registered architecture the source records (``None``: a bare tag of the given arch).
+        model_args: the model arguments it records (without the class and channel counts, which
+            the fine-tuning data decides, and without weight sources).
+        where: where the record was read, for messages.
+    """
+
+    name: str
+    arch: str | None
+    model_args: dict[str, Any]
+    where: str
+
+
+def _recorded_args(args: Any, what: str) -> dict[str, Any]:
+    args = without_weight_sources(args if isinstance(args, Mapping) else {}, what)
+    return {key: value for key, value in args.items() if key not in _DATA_DECIDES}
+
+
+def weights_source(pretrained: str) -> WeightsSource:
+    """The model a ``pretrained`` value brings: a Lightning ``.ckpt`` (its hyper-parameters), an
+    export directory or ``local-dir:``/``hf-hub:`` source (its ``config.json``: only the config is
+    read here), or a pretrained tag ``"arch.tag"`` (``"tag"`` alone names no architecture).
+
+    Raises:
+        ValueError: a path that does not exist, or an unreadable checkpoint or config (naming it).
+    """
+    path = Path(pretrained).expanduser()
+    if pretrained.endswith(".ckpt") or path.is_file():
+        hparams = _hyper_parameters(load_checkpoint(path, mmap=True))
+        arch = hparams.get("arch")
+        return WeightsSource(pretrained, arch if isinstance(arch, str) else None,
+                             _recorded_args(hparams.get("model_kwargs"), f"{path}'s model_kwargs"),
+                             f"{path}'s hyper-parameters")
+    if path.is_dir() or pretrained.startswith(SOURCE_PREFIXES):
+        name = pretrained if pretrained.startswith(SOURCE_PREFIXES) else f"local-dir:{path}"
+        try:
+            config = source_config(name)
+        except (FileNotFoundError, DclsZooError) as error:
+            raise ValueError(f"pretrained={pretrained!r}: {error}") from error
+        return WeightsSource(pretrained, config["architecture"],
+                             _recorded_args(config.get("model_args"), f"{name}'s config.json"), f"{name}'s config.json")
+    if "/" in pretrained or os.sep in pretrained:
+        raise ValueError(f"pretrained={pretrained!r}: no such file or directory")
+    arch, _, tag = pretrained.rpartition(".")
+    return WeightsSource(pretrained, arch or None, {}, f"the pretrained tag {pretrained!r}")
+
 
 def _source_state_dict(source: str, arch: str) -> tuple[dict[str, Tensor], str]:
     path = Path(source).expanduser()
@@ -159,12 +218,12 @@ def _source_state_dict(source: str, arch: str) -> tuple[dict[str, Tensor], str]:
             return state, description
         except (FileNotFoundError, PretrainedWeightsError) as error:
             raise ValueError(f"pretrained={source!r}: {error}") from error
-    if source.startswith(("hf-hub:", "hf_hub:")):
+    if source.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
         model = dcls_zoo.create_model(source, pretrained=True)
     elif "/" in source or os.sep in source:
         raise ValueError(f"pretrained={source!r}: no such file or directory")
     else:
-        model = dcls_zoo.create_model(arch, pretrained=source)
+        model = dcls_zoo.create_model(arch, pretrained=source.rpartition(".")[2])
     return model.state_dict(), source
 
 

@@ -33,12 +33,21 @@ from dcls_zoo.positions import position_owners, position_parameters, position_sn
 from dcls_zoo.regularizers import repulsive_loss
 from dcls_zoo.state_dicts import clean_state_dict
 
-from .checkpoints import EXPORT_KEY, load_checkpoint, load_pretrained_weights, select_weights
+from .checkpoints import (
+    EXPORT_KEY,
+    WeightsSource,
+    load_checkpoint,
+    load_pretrained_weights,
+    select_weights,
+    weights_source,
+)
 from .optim import WarmupCosine, parameter_groups, upgrade_scheduler_state, warmup_cosine_scheduler
 from .runs import written_checkpoints
 
 __all__ = ["INITIAL_POSITIONS_KEY", "ImageClassifier", "NonFiniteLossError", "restoring_from_checkpoint"]
 
+#: The architecture built when neither ``arch`` nor ``pretrained`` names one.
+DEFAULT_ARCH = "convnext_dcls_atto"
 #: Checkpoint key of ``{group name: initial P}`` (float32 CPU tensors: a weights-only load reads them): where
 #: the run's positions started, so a resumed run still measures how far they moved from the true start.
 INITIAL_POSITIONS_KEY = "dcls_zoo_initial_positions"
@@ -86,13 +95,18 @@ class ImageClassifier(pl.LightningModule):
     Batches are ``(images (B, in_chans, H, W) float, labels (B,) int64)``.
 
     Args:
-        arch: a registered model name (``dcls_zoo.list_models()`` or any timm model).
+        arch: a registered model name (``dcls_zoo.list_models()`` or any timm model). ``None``: the
+            architecture ``pretrained`` records (its weights bring their model), else
+            ``convnext_dcls_atto``. An architecture that contradicts ``pretrained``'s is refused.
         num_classes: classifier outputs (linked from the DataModule by the CLI).
         in_chans: input channels (linked from the DataModule by the CLI).
-        model_kwargs: extra model arguments (``drop_path_rate``, ``dcls_kernel_size``, ``patch_size``...).
-        pretrained: weights to fine-tune from: a Lightning ``.ckpt`` (its EMA weights when present),
-            an export directory, an ``hf-hub:org/name`` id or a pretrained tag of ``arch``; a
-            classifier of another class count starts fresh. (``ckpt_path`` is for resuming.)
+        model_kwargs: extra model arguments (``drop_path_rate``, ``dcls_kernel_size``, ``patch_size``...),
+            over the ones ``pretrained`` records.
+        pretrained: weights to fine-tune from, which bring the model they were made for: a
+            Lightning ``.ckpt`` (its EMA weights when present), an export directory, a ``local-dir:``
+            or ``hf-hub:org/name`` source, or a pretrained tag (``"convnext_dcls_tiny.in1k"``, or
+            ``"in1k"`` of ``arch``); a classifier of another class count starts fresh and another
+            input channel count is adapted. (``ckpt_path`` is for resuming.)
         optimizer: builds the optimiser from the parameter groups (default: AdamW lr 4e-3, wd 0.05).
         position_lr_scale: learning-rate multiplier of DCLS positions and widths (no weight decay).
         freeze_positions: keep every DCLS position and width (``P``, ``SIG``) at its initial value:
@@ -114,7 +128,7 @@ class ImageClassifier(pl.LightningModule):
 
     def __init__(
         self,
-        arch: str = "convnext_dcls_atto",
+        arch: str | None = None,
         num_classes: int = 1000,
         in_chans: int = 3,
         model_kwargs: dict[str, Any] | None = None,
@@ -143,7 +157,7 @@ class ImageClassifier(pl.LightningModule):
         model_kwargs = dict(model_kwargs or {})
         if _RESTORING.get():
             # The weights come from the checkpoint: rebuild the network without fetching any.
-            if arch.startswith(SOURCE_PREFIXES):
+            if arch and arch.startswith(SOURCE_PREFIXES):
                 raise ValueError(
                     f"the checkpoint's arch is {arch!r}, a download source; a model rebuilt from saved weights "
                     "downloads nothing. Give the registered architecture (--model.arch)"
@@ -155,6 +169,11 @@ class ImageClassifier(pl.LightningModule):
         else:
             refuse_weight_sources(model_kwargs, "model_kwargs", "give the weights to fine-tune from as pretrained=... "
                                   "(a tag, an export directory, a .ckpt or hf-hub:org/name)")
+            if pretrained:
+                arch, model_kwargs = _model_of(weights_source(pretrained), arch, model_kwargs)
+        arch = arch or DEFAULT_ARCH
+        # what was built, recorded: checkpoints and exports rebuild it without the source
+        self.hparams.arch, self.hparams.model_kwargs = arch, dict(model_kwargs)
         self.model = dcls_zoo.create_model(arch, num_classes=num_classes, in_chans=in_chans, **model_kwargs)
         if pretrained:
             rank_zero_info(f"pretrained weights: {load_pretrained_weights(self.model, pretrained, arch)}")
@@ -393,6 +412,19 @@ class ImageClassifier(pl.LightningModule):
         if math.isfinite(batches) and batches > 0:
             return math.ceil(batches / self.trainer.accumulate_grad_batches)
         return total_steps / max(self.trainer.max_epochs or 1, 1)
+
+
+def _model_of(source: WeightsSource, arch: str | None, model_kwargs: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The architecture and arguments to build for fine-tuning from ``source``: the ones it records,
+    the given ``model_kwargs`` over them; a given ``arch`` must be the source's."""
+    if source.arch is None:
+        return arch, model_kwargs
+    if arch is not None and arch != source.arch:
+        raise ValueError(
+            f"arch={arch!r} contradicts pretrained={source.name!r}, whose weights are a {source.arch!r} ({source.where}); "
+            "leave arch unset (the weights bring their model) or give weights of that architecture"
+        )
+    return source.arch, {**source.model_args, **model_kwargs}
 
 
 def _check_arguments(

@@ -14,8 +14,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import dcls_zoo
-from dcls_zoo import Dcls2d, SharedPositions, dclsify
+from dcls_zoo import Dcls2d, dclsify
 from dcls_zoo.construct import position_bounds
+from dcls_zoo.shared import SharedPositions
 
 FAST = [
     ("convnext_dcls_atto", {}),

@@ -20,8 +20,8 @@ from timm.models import get_notrace_functions, get_notrace_modules
 from torch import nn
 
 import dcls_zoo
-from dcls_zoo import Dcls2d, SharedPositions
-from dcls_zoo.shared import register_shared_positions
+from dcls_zoo import Dcls2d
+from dcls_zoo.shared import SharedPositions, register_shared_positions
 
 feature_extraction = pytest.importorskip("torchvision.models.feature_extraction")
 

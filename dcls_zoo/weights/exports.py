@@ -29,7 +29,7 @@ from ..state_dicts import verify_sha256
 from .hub_files import hub_file
 from .network import hub_download_errors
 
-__all__ = ["create_from_source", "split_source"]
+__all__ = ["create_from_source", "source_config", "split_source"]
 
 _logger = logging.getLogger(__name__)
 
@@ -40,6 +40,29 @@ def split_source(name: str) -> tuple[str, str]:
         if name.startswith(prefix):
             return prefix.replace("_", "-"), name[len(prefix) :]
     raise ValueError(f"{name!r} names no source (expected one of {', '.join(SOURCE_PREFIXES)})")
+
+
+def source_config(name: str, cache_dir: str | None = None) -> dict[str, Any]:
+    """The ``config.json`` of a ``local-dir:DIR`` or ``hf-hub:org/repo[@revision]`` source, read and
+    its values checked (:func:`dcls_zoo.export_format.read_export_config`); only the config is
+    fetched. What the source records decides the model it rebuilds: ``architecture`` and
+    ``model_args``.
+
+    Raises:
+        FileNotFoundError: no such export directory.
+        WeightsFileError: an unreadable or hostile config (naming the file and field).
+        HubUnreachableError / NotOnHubError: as :func:`create_from_source`.
+    """
+    kind, target = split_source(name)
+    if kind == "local-dir:":
+        directory = Path(target).expanduser()
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{name!r}: {directory} is not a directory (an export directory from save_pretrained)")
+        return read_export_config(directory, name)
+    repo_id, _, revision = target.partition("@")
+    with hub_download_errors(name):
+        found = hub_file(repo_id, CONFIG_NAME, revision=revision or None, cache_dir=cache_dir, what=name)
+    return read_export_config(found.path, name)
 
 
 def create_from_source(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:

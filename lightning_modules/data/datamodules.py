@@ -16,6 +16,7 @@ In YAML::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -82,6 +83,14 @@ class TensorImageDataset(Dataset):
         return (x.float() - self.offset) / self.scale, self.labels[index]
 
 
+def _available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 class _ImageDataModule(L.LightningDataModule):
     """Shared loaders; subclasses set the four attributes in ``__init__`` and build the datasets."""
 
@@ -146,10 +155,13 @@ class _ImageDataModule(L.LightningDataModule):
         self.setup()
         train = split == "train"
         dataset = getattr(self, f"{split}_set")
+        # no more workers than cores: a config written for a GPU server (8 workers) runs on a laptop
+        # without PyTorch's over-subscription warning on every command
+        workers = min(self.num_workers, _available_cores())
         common = dict(
             batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
         if not train:
