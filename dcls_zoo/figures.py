@@ -31,6 +31,7 @@ __all__ = [
     "mean_abs_kernel",
     "new_figure",
     "panel_grid",
+    "epoch_axis",
     "plot_kernels",
     "plot_position_histograms",
     "plot_position_scatter",
@@ -140,17 +141,29 @@ def plot_position_histograms(histograms: Mapping[str, Sequence[Histogram]], axis
     return figure
 
 
-def _mark_epoch(ax: Any, epoch: int | None, label: str) -> None:
-    """A dashed vertical line at ``epoch`` (completed epochs), labelled in the legend."""
-    if epoch is not None:
+def _mark_epoch(ax: Any, epoch: int | None, label: str, last: int | None = None) -> None:
+    """A dashed vertical line at ``epoch`` (completed epochs), labelled in the legend; none past
+    ``last``, the latest epoch drawn (a 1-epoch run never reaches a start at epoch 2)."""
+    if epoch is not None and (last is None or epoch <= last):
         ax.axvline(epoch, color="0.4", linestyle="--", linewidth=1.0, label=label)
 
 
-def _epoch_axis(ax: Any) -> None:
+def epoch_axis(ax: Any, epochs: Sequence[int], label: str = "completed epochs") -> None:
+    """Whole-epoch ticks on the x axis, with half an epoch of margin: a run of one or two epochs
+    gets ticks at its epochs, not matplotlib's 0.945 ... 1.050 around a single point."""
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("completed epochs")
+    if epochs:
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    if epochs and max(epochs) - min(epochs) <= 12:
+        ax.set_xticks(range(min(epochs), max(epochs) + 1))  # MaxNLocator falls back to 0.1 steps below 2 ticks
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(label)
+
+
+def _epochs_of(series: Mapping[str, Sequence[tuple]]) -> list[int]:
+    return sorted({int(point[0]) for points in series.values() for point in points})
 
 
 _REPULSIVE_LABEL = "repulsive loss starts"
@@ -165,8 +178,10 @@ def plot_speeds(speeds: Mapping[str, Sequence[tuple[int, float]]], repulsive_sta
     ax = axes[0][0]
     for name, points in speeds.items():
         ax.plot([epochs for epochs, _ in points], [speed for _, speed in points], marker="o", label=name)
-    _mark_epoch(ax, repulsive_start, _REPULSIVE_LABEL)
-    _epoch_axis(ax)
+    epochs = _epochs_of(speeds)
+    _mark_epoch(ax, repulsive_start, _REPULSIVE_LABEL, max(epochs, default=None))
+    epoch_axis(ax, epochs)
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("mean |ΔP| per epoch (px)")
     ax.set_title("position speed")
     ax.legend(fontsize=8)
@@ -195,14 +210,16 @@ def plot_spreads(spreads: Mapping[str, Sequence[tuple[int, float, float]]], repu
     :func:`position_spread`); ``repulsive_start``: as for :func:`plot_speeds`.
     """
     figure, axes = panel_grid(1, 2, (5.0, 4.0))
+    figure.subplots_adjust(wspace=0.32)  # room for the right panel's y label between the panels
+    epochs = _epochs_of(spreads)
     for ax, column, ylabel, title in (
         (axes[0][0], 1, "std of positions (px)", "position spread"),
         (axes[0][1], 2, "std / std of a uniform cover", "share of the window used"),
     ):
         for name, points in spreads.items():
             ax.plot([p[0] for p in points], [p[column] for p in points], marker="o", label=name)
-        _mark_epoch(ax, repulsive_start, _REPULSIVE_LABEL)
-        _epoch_axis(ax)
+        _mark_epoch(ax, repulsive_start, _REPULSIVE_LABEL, max(epochs, default=None))
+        epoch_axis(ax, epochs)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.set_ylim(bottom=0)
@@ -269,13 +286,15 @@ def mean_abs_kernel(group: PositionOwner) -> np.ndarray:
     return total[None, :] if total.ndim == 1 else total.reshape(-1, *total.shape[-2:]).mean(axis=0)
 
 
-def plot_position_scatter(model: nn.Module, max_panels: int = 16):
-    """The learned 2D positions of each position group in its window, or ``None`` without any.
+def plot_position_scatter(model: nn.Module, max_panels: int = 16, max_bins_per_pixel: int = 4):
+    """Where the learned 2D positions sit in their windows, or ``None`` without any.
 
-    One panel per group (a stage's shared positions, or a layer's own), every element of every
-    channel a dot at ``(x, y) = (P[1], P[0])`` in window coordinates (row 0 at the top, as an
-    image of the kernel). Groups with other than two learned axes are left out; at most
-    ``max_panels`` panels.
+    One panel per position group (a stage's shared positions, or a layer's own): the density of
+    its elements (every element of every channel) in window coordinates, on the group's own colour
+    scale, so a group of 10,000 elements in a 3x3 window reads as well as one of 500 in a 17x17
+    window; row 0 at the top, as an image of the kernel. The cells are as fine as the elements
+    allow (about 4 elements per cell when spread evenly; 1 to ``max_bins_per_pixel`` cells per
+    pixel). Groups with other than two learned axes are left out; at most ``max_panels`` panels.
     """
     groups = [group for group in position_owners(model) if group.P.shape[0] == 2 and len(group.window) == 2]
     if not groups:
@@ -283,29 +302,34 @@ def plot_position_scatter(model: nn.Module, max_panels: int = 16):
     shown = groups[:max_panels]
     columns = min(4, len(shown))
     rows = -(-len(shown) // columns)
-    figure = new_figure(3.2 * columns, 3.6 * rows)
+    figure = new_figure(3.4 * columns, 3.7 * rows)
     # fixed margins (a layout engine would double the drawing time); room for two-line titles
-    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.3 / (3.6 * rows), top=1 - 0.75 / (3.6 * rows),
-                           wspace=0.3, hspace=0.75 / 3.6 * 2)
+    figure.subplots_adjust(left=0.07, right=0.94, bottom=0.3 / (3.7 * rows), top=1 - 0.75 / (3.7 * rows),
+                           wspace=0.55, hspace=0.75 / 3.7 * 2)
     for index, group in enumerate(shown):
         window = group.window
         axes = figure.add_subplot(rows, columns, index + 1)
-        values = group.P.detach().to("cpu", torch.float32)
+        values = group.P.detach().to("cpu", torch.float64)
         y = (values[0] + window[0] // 2).flatten().numpy()
         x = (values[1] + window[1] // 2).flatten().numpy()
-        axes.scatter(x, y, s=2, alpha=min(1.0, max(0.05, 300 / max(len(x), 1))), linewidths=0)
-        axes.set_xlim(-0.5, window[1] - 0.5)
-        axes.set_ylim(window[0] - 0.5, -0.5)
-        axes.set_aspect("equal")
+        per_pixel = len(x) / (window[0] * window[1])
+        bins_per_pixel = int(min(max_bins_per_pixel, max(1, (per_pixel / 4) ** 0.5)))
+        edges = [np.linspace(-0.5, size - 0.5, size * bins_per_pixel + 1) for size in window]
+        density, _, _ = np.histogram2d(y, x, bins=edges)
+        image = axes.imshow(density, cmap="magma", interpolation="nearest", origin="upper",
+                            extent=(-0.5, window[1] - 0.5, window[0] - 0.5, -0.5), vmin=0)
         axes.set_xticks(range(0, window[1], max(1, window[1] // 4)))
         axes.set_yticks(range(0, window[0], max(1, window[0] // 4)))
-        axes.grid(True, linewidth=0.3, alpha=0.5)
         axes.set_xlabel("x: window column (P[1] + centre)", fontsize=7)
         axes.set_ylabel("y: window row (P[0] + centre)", fontsize=7)
         count = group.P.shape[-1]
         size = "x".join(str(s) for s in window)
         axes.set_title(f"{group.path}\n{size} window, {count} elements x {values[0].numel() // count} kernels",
                        fontsize=8)
+        bar = figure.colorbar(image, ax=axes, fraction=0.046, pad=0.03)
+        cell = "px" if bins_per_pixel == 1 else f"1/{bins_per_pixel} px"
+        bar.set_label(f"elements per {cell} cell", fontsize=7)
+        bar.ax.tick_params(labelsize=7)
     if len(groups) > len(shown):
         figure.suptitle(f"first {len(shown)} of {len(groups)} position groups", fontsize=9)
     return figure

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from dcls_zoo.figures import new_figure
+from dcls_zoo.figures import epoch_axis, new_figure
 
 from .runs import RunSummary
 from .significance import Difference, welch_difference
@@ -421,7 +421,6 @@ def plot_comparison(arms: Sequence[Arm], results: Sequence[RunResult], title: st
 
     Returns a matplotlib ``Figure`` (drawn without pyplot); its axes are in that order.
     """
-    from matplotlib.ticker import MaxNLocator
 
     found = differences(arms, results, reference)
     shifted = any(r.position_shift for r in results)
@@ -456,8 +455,7 @@ def plot_comparison(arms: Sequence[Arm], results: Sequence[RunResult], title: st
     left.grid(axis="y", alpha=0.3)
     if delta is not None:
         _plot_differences(delta, found, colours, next(arm.label for arm in arms if arm.name == reference))
-    right.xaxis.set_major_locator(MaxNLocator(integer=True))
-    right.set_xlabel("completed epochs")
+    epoch_axis(right, sorted({e + 1 for r in results for e, _ in r.val_top1}))
     right.set_ylabel("validation top-1 (%), mean over seeds")
     right.set_title("validation top-1 (raw or EMA weights, as the recipe validates)", fontsize=10)
     right.grid(alpha=0.3)

@@ -49,7 +49,7 @@ def _size(window: Sequence[int]) -> str:
 def dcls_settings(model: nn.Module) -> dict[str, Any]:
     """The model's DCLS configuration, for the card and the weights' metadata (``{}`` without DCLS).
 
-    Keys: ``layers`` (count), ``window`` (e.g. ``"17x17"``; several joined by ``", "``),
+    Keys: ``layers`` (count), ``window`` (e.g. ``"17x17"``; several joined by ``", "`` in stage order),
     ``kernel_count``, ``interpolation``, ``learned_axes``, ``sharing`` (a sentence),
     ``position_groups`` (count), and from ``model.dclsify_report`` when present
     ``converted_parameters`` (``"before -> after"``) and ``skipped`` (count).
@@ -70,8 +70,9 @@ def dcls_settings(model: nn.Module) -> dict[str, Any]:
         sharing = "none (every layer learns its own positions)"
     settings: dict[str, Any] = {
         "layers": len(layers),
-        "window": ", ".join(sorted({_size(m.dilated_kernel_size) for _, m in layers})),
-        "kernel_count": ", ".join(str(c) for c in sorted({m.kernel_count for _, m in layers})),
+        # in the layers' order (stage by stage), each distinct value once
+        "window": ", ".join(dict.fromkeys(_size(m.dilated_kernel_size) for _, m in layers)),
+        "kernel_count": ", ".join(dict.fromkeys(str(m.kernel_count) for _, m in layers)),
         "interpolation": ", ".join(sorted({m.version for _, m in layers})),
         "learned_axes": ", ".join(sorted({str(tuple(m.learned_axes)) for _, m in layers})),
         "sharing": sharing,
@@ -172,7 +173,8 @@ def render_card(
     if has_picture:
         lines += ["", "### Learned positions", "",
                   f"![learned positions, one panel per position group]({POSITIONS_NAME})", "",
-                  "Each dot is one kernel element at (column, row) = (`P[1]`, `P[0]`) in its window."]
+                  "Where the kernel elements sit in their windows: the density of elements at (column, row) = "
+                  "(`P[1]`, `P[0]`), one panel (and colour scale) per position group."]
 
     source = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{directory.resolve()}"
     channels = (pretrained_cfg.get("input_size") or (3,))[0]

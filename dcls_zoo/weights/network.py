@@ -156,6 +156,18 @@ def _on_response(response: Any) -> None:
         silence.answered()
 
 
+class _QuietRetries(logging.Filter):
+    """Inside a :func:`network_deadline`, huggingface_hub's retry warnings ("... thrown while
+    requesting ...", "Retrying in 1s [Retry 1/5]") are not shown: the fetch ends either with the
+    file or with :func:`hub_unreachable_error`, one message that says what to do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _SILENCE.get() is None:
+            return True
+        message = record.getMessage()
+        return not ("thrown while requesting" in message or message.startswith(("Retrying in", "Rate limited")))
+
+
 def _install_hub_hooks() -> None:
     """Wrap huggingface_hub's client factory so that its requests honour :func:`network_deadline`
     (outside a deadline the hooks do nothing). Installed once, on the first fetch."""
@@ -165,6 +177,7 @@ def _install_hub_hooks() -> None:
             return
         from huggingface_hub.utils import _http
 
+        logging.getLogger(_http.__name__).addFilter(_QuietRetries())
         previous = getattr(_http, "_GLOBAL_CLIENT_FACTORY", None)
         if previous is None or not hasattr(_http, "set_client_factory"):  # a client without factories
             _logger.debug("huggingface_hub %s has no client factory: its own timeouts apply", _http.__name__)
