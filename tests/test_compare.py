@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, short_fit
 from PIL import Image
 
 import dcls_zoo
 from lightning_modules.commands.main import main
 from lightning_modules.comparison import Arm, RunResult, load_comparison, markdown_table, plot_comparison, summarise
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 
@@ -106,8 +106,7 @@ def _table_rows(results_md: str) -> dict[str, list[str]]:
 
 
 # a shortened quickstart: 2 steps of real Fashion-MNIST images per fit, narrow networks
-_SHORT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-          "--trainer.limit_test_batches=2", "--data.batch_size=16", "--model.warmup_epochs=0.5"]
+_SHORT = short_fit(epochs=1, train_batches=2, val_batches=1, test_batches=2, batch_size=16, warmup_epochs=0.5)
 _NARROW = {"stem": "small", "stem_stride": 2, "dims": [8, 16, 24, 32]}
 
 
