@@ -1,8 +1,8 @@
-"""Shared fixtures: a loopback fake Hugging Face Hub (see ``fake_hub.py``) and an environment pointing at it."""
+"""Shared fixtures: the loopback server of ``helpers.py`` (the session's fake Hugging Face Hub with
+the client pointed at it, or a fresh server of a test's own) and the optional oracle."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,9 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fake_hub import FakeHub  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ORACLE_MISSING, FakeHub, official_dcls_modules, point_hub_client_at  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -38,48 +36,30 @@ def fake_hub_server():
         yield hub
 
 
-def point_hub_client_at(monkeypatch: pytest.MonkeyPatch, url: str, home: Path) -> dict[str, str]:
-    """Point huggingface_hub at ``url`` with its home (cache, token file) under ``home``.
-
-    huggingface_hub reads ``HF_ENDPOINT``, ``HF_HOME`` & co. into ``huggingface_hub.constants`` at
-    import, so the module attributes are patched (every path derived from the old home too) and
-    the variables are set for subprocesses, which get the returned environment.
-    """
-    from huggingface_hub import constants
-
-    old_home = constants.HF_HOME
-    for name in dir(constants):
-        value = getattr(constants, name)
-        if name.isupper() and isinstance(value, str) and value.startswith(old_home):
-            monkeypatch.setattr(constants, name, str(home) + value[len(old_home) :])
-    monkeypatch.setattr(constants, "HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "ENDPOINT", url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    variables = {
-        "HF_ENDPOINT": url,
-        "HF_HOME": str(home),
-        "HF_HUB_CACHE": str(home / "hub"),
-        "HF_XET_CACHE": str(home / "xet"),
-        "HF_TOKEN": "hf_fake_test_token",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    }
-    for key, value in variables.items():
-        monkeypatch.setenv(key, value)
-    for key in ("HF_HUB_OFFLINE", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HUGGINGFACE_HUB_CACHE"):
-        monkeypatch.delenv(key, raising=False)
-    return dict(os.environ)
-
-
 @pytest.fixture
 def fake_hub(fake_hub_server, monkeypatch, tmp_path):
-    """The session's fake Hub, its request log cleared, with the client pointed at it.
+    """The session's fake Hub, its request log and misbehaviours cleared, with the client pointed at it.
 
     ``HF_TOKEN`` is a fake token; ``fake_hub.env`` is the environment for subprocesses.
     """
-    fake_hub_server.requests.clear()
-    fake_hub_server.authorizations.clear()
+    fake_hub_server.reset()
     fake_hub_server.env = point_hub_client_at(monkeypatch, fake_hub_server.url, tmp_path / "hf_home")
     return fake_hub_server
+
+
+@pytest.fixture
+def loopback_server():
+    """A fresh server for this test alone, nothing pointed at it: its own repos, URL files
+    (``url_files``), misbehaviours and request log."""
+    with FakeHub() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def official_dcls():
+    """The official ``DCLS.construct.modules`` (dcls 0.1.1, the oracle); a test that asks for it is
+    skipped alone where the package is not installed (or ``DCLS_ZOO_TESTS_HIDE_ORACLE`` is set)."""
+    modules = official_dcls_modules()
+    if modules is None:
+        pytest.skip(ORACLE_MISSING)
+    return modules

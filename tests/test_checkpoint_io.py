@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import errno
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import NO_AFTER_FIT, QUICKSTART, short_fit
 
 from lightning_modules import checkpoint_io
 from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.commands.main import main
-
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 
 
 def _disk_fills_after(monkeypatch, good_writes: int) -> list[str]:
@@ -64,11 +61,9 @@ def test_remote_paths_go_to_lightnings_writer(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_run_that_fills_the_disk_resumes_from_its_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    small = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
-             "--data.batch_size=32", "--test_after_fit=false", "--export_after_fit=false"]
     written = _disk_fills_after(monkeypatch, good_writes=2)  # epoch 0: best + last, then the disk is full
     with pytest.raises(OSError, match="No space left"):
-        main(["fit", "-c", QUICKSTART, "--trainer.max_epochs=3", *small])
+        main(["fit", "-c", QUICKSTART, *short_fit(epochs=3, train_batches=2, val_batches=1), *NO_AFTER_FIT])
     assert len(written) == 2
     (run,) = (tmp_path / "logs" / "quickstart").iterdir()
     checkpoints = run / "checkpoints"
@@ -77,4 +72,5 @@ def test_a_run_that_fills_the_disk_resumes_from_its_last_good_checkpoint(tmp_pat
     assert last["epoch"] == 0
     monkeypatch.undo()  # space again
     monkeypatch.chdir(tmp_path)
-    assert main(["fit", "-c", QUICKSTART, "--trainer.max_epochs=2", *small, f"--ckpt_path={checkpoints / 'last.ckpt'}"]) == 0
+    resume = [*short_fit(epochs=2, train_batches=2, val_batches=1), *NO_AFTER_FIT, f"--ckpt_path={checkpoints / 'last.ckpt'}"]
+    assert main(["fit", "-c", QUICKSTART, *resume]) == 0

@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import NO_PROGRESS_BAR, QUICKSTART, ROOT
 
 from lightning_modules.commands.main import main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _quick_start_commands() -> list[str]:
@@ -101,7 +100,7 @@ def test_presets_stack_on_a_recipe(preset, monkeypatch, capsys):
 
 def _fast_dev_run_args(config: str, tmp_path: Path) -> list[str]:
     args = ["fit", "-c", str(ROOT / config), "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu",
-            "--trainer.devices=1", "--trainer.precision=32-true", "--trainer.enable_progress_bar=false"]
+            "--trainer.devices=1", "--trainer.precision=32-true", NO_PROGRESS_BAR]
     if config in IMAGE_FOLDER_CONFIGS:  # ImageNet is not here: the recipe runs on synthetic images
         args += ["--data=SyntheticDataModule", "--data.image_size=64", "--data.batch_size=2"]
     if "finetune" in config:  # a local export stands in for the Hub weights
@@ -126,7 +125,7 @@ def test_fast_dev_run_on_every_config(config, tmp_path, monkeypatch, capsys):
 def test_missing_data_directory_is_named(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
-        main(["fit", "-c", str(ROOT / "configs/quickstart.yaml"), "--data.data_dir=/no/such/fashion"])
+        main(["fit", "-c", QUICKSTART, "--data.data_dir=/no/such/fashion"])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "data_dir" in err and "/no/such/fashion" in err
@@ -135,15 +134,15 @@ def test_missing_data_directory_is_named(tmp_path, monkeypatch, capsys):
 def test_bad_model_value_is_named(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
-        main(["fit", "-c", str(ROOT / "configs/quickstart.yaml"), "--model.warmup_epochs=-2"])
+        main(["fit", "-c", QUICKSTART, "--model.warmup_epochs=-2"])
     assert info.value.code == 2
     assert "model.warmup_epochs must be >= 0, got -2" in capsys.readouterr().err
 
 
 def test_non_finite_loss_stops_with_a_message(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    code = main(["fit", "-c", str(ROOT / "configs/quickstart.yaml"), "--trainer.fast_dev_run=2",
-                 "--trainer.enable_progress_bar=false", "--data=SyntheticDataModule", "--data.noise=.inf"])
+    code = main(["fit", "-c", QUICKSTART, "--trainer.fast_dev_run=2",
+                 NO_PROGRESS_BAR, "--data=SyntheticDataModule", "--data.noise=.inf"])
     assert code == 1
     assert "stopped: the training loss is nan" in capsys.readouterr().err
 

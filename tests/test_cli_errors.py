@@ -7,13 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import QUICK_FIT, QUICKSTART
 
 from lightning_modules.commands.main import main
 from lightning_modules.runs import run_folder_of
-
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
-QUICK = ["--trainer.fast_dev_run=true", "--test_after_fit=false", "--export_after_fit=false"]
 
 
 @pytest.fixture
@@ -38,7 +35,7 @@ def garbage_checkpoint(tmp_path) -> Path:
 def test_a_mistake_is_one_line_that_leads_with_it(arguments, expected, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
-        main(["fit", "-c", QUICKSTART, *arguments, *QUICK])
+        main(["fit", "-c", QUICKSTART, *arguments, *QUICK_FIT])
     assert info.value.code == 2
     error = capsys.readouterr().err
     first = next(line for line in error.splitlines() if line.startswith("dcls-zoo fit: error:"))
@@ -50,7 +47,7 @@ def test_a_mistake_is_one_line_that_leads_with_it(arguments, expected, tmp_path,
 def test_a_garbage_ckpt_path_is_named_by_the_command(garbage_checkpoint, tmp_path):
     for command in ("fit", "test"):
         result = subprocess.run(
-            [sys.executable, "-m", "lightning_modules", command, "-c", QUICKSTART, f"--ckpt_path={garbage_checkpoint}", *QUICK],
+            [sys.executable, "-m", "lightning_modules", command, "-c", QUICKSTART, f"--ckpt_path={garbage_checkpoint}", *QUICK_FIT],
             capture_output=True, text=True, cwd=tmp_path, timeout=300,
         )
         assert result.returncode == 2, result.stderr[-2000:]
@@ -71,7 +68,7 @@ def test_a_trainer_that_refuses_its_callbacks_is_one_line(tmp_path):
     """No logger, but the config's LearningRateMonitor needs one: Lightning raises once the
     Trainer runs; the command says so in one line, exit 2."""
     result = subprocess.run(
-        [sys.executable, "-m", "lightning_modules", "fit", "-c", QUICKSTART, "--trainer.logger=false", *QUICK],
+        [sys.executable, "-m", "lightning_modules", "fit", "-c", QUICKSTART, "--trainer.logger=false", *QUICK_FIT],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
     assert result.returncode == 2, result.stderr[-2000:]

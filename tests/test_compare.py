@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import ROOT, short_fit
 from PIL import Image
 from scipy import stats
 
@@ -32,7 +33,6 @@ from lightning_modules.comparison import (
     summarise,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 
 
@@ -207,8 +207,7 @@ def _table_rows(results_md: str) -> dict[str, list[str]]:
 
 
 # a shortened quickstart: 2 steps of real Fashion-MNIST images per fit, narrow networks
-_SHORT = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-          "--trainer.limit_test_batches=2", "--data.batch_size=16", "--model.warmup_epochs=0.5"]
+_SHORT = short_fit(epochs=1, train_batches=2, val_batches=1, test_batches=2, batch_size=16, warmup_epochs=0.5)
 _NARROW = {"stem": "small", "stem_stride": 2, "dims": [8, 16, 24, 32]}
 
 

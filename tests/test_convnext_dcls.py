@@ -7,8 +7,8 @@ import copy
 import pytest
 import timm
 import torch
+from helpers import multiply_adds
 from safetensors.torch import load_file, save_file
-from torch.utils.flop_counter import FlopCounterMode
 
 import dcls_zoo
 from dcls_zoo import create_model, list_models
@@ -16,18 +16,6 @@ from dcls_zoo import create_model, list_models
 
 def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _multiply_adds(model: torch.nn.Module, size: int = 224) -> float:
-    """Convolution + linear multiply-adds of one image, as the paper's fvcore count: the fused
-    network with whole windows (kernel construction, and the taps the layers skip because they
-    are zero or never meet the image, are not subtracted)."""
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        dcls_zoo.fuse(model)(torch.randn(1, 3, size, size))
-    counts = counter.get_flop_counts()["Global"]
-    network = sum(v for op, v in counts.items() if str(op) in ("aten.convolution", "aten.addmm", "aten.mm"))
-    return network / 2  # FlopCounterMode counts a multiply-add as two FLOPs
 
 
 @pytest.mark.slow
@@ -38,7 +26,7 @@ def _multiply_adds(model: torch.nn.Module, size: int = 224) -> float:
 def test_paper_parameter_counts_and_multiply_adds(name, params_m, macs_g):
     model = create_model(name).eval()
     assert _params(model) / 1e6 == pytest.approx(params_m, abs=0.05)
-    assert _multiply_adds(model) / 1e9 == pytest.approx(macs_g, abs=0.05)
+    assert multiply_adds(model) / 1e9 == pytest.approx(macs_g, abs=0.05)
 
 
 @pytest.mark.slow

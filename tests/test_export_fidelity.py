@@ -17,18 +17,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import NO_PROGRESS_BAR, QUICKSTART, short_fit
 from PIL import Image
 
 from lightning_modules.data.fashion_mnist import load_embedded
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
-SHORT_FIT = [
-    "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=30",
-    "--trainer.enable_progress_bar=false",
-    "--model.warmup_epochs=0.2",
-]
+SHORT_FIT = short_fit(epochs=1, train_batches=30, val_batches=None, batch_size=None, warmup_epochs=0.2)
 
 
 def _command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -67,7 +61,7 @@ def test_exports_reload_through_the_card_recipe_with_the_tested_accuracy(tmp_pat
     best = summary["best_checkpoint"]
 
     # `dcls-zoo test` of the best checkpoint on the 1,000 held-out images
-    _command("test", "-c", QUICKSTART, f"--ckpt_path={best}", "--trainer.enable_progress_bar=false", cwd=tmp_path)
+    _command("test", "-c", QUICKSTART, f"--ckpt_path={best}", NO_PROGRESS_BAR, cwd=tmp_path)
     newest = sorted((tmp_path / "logs" / "quickstart").iterdir())[-1]
     (row,) = [r for r in csv.DictReader(open(newest / "metrics.csv")) if r.get("test/top1")]
     tested = float(row["test/top1"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import QUICKSTART
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from safetensors.torch import load_file
 
@@ -19,8 +20,6 @@ from lightning_modules.method import ClampPositions, SigmaSchedule
 from lightning_modules.module import INITIAL_POSITIONS_KEY
 from lightning_modules.optim import parameter_groups
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 NARROW = {"stem": "small", "stem_stride": 2, "dims": [8, 16, 24, 32], "dcls_kernel_size": [17, 15, 7, 3],
           "dcls_position_init": "uniform"}
 # the quickstart recipe (EMA, clamp, repulsive loss from epoch 1, position plots), made small

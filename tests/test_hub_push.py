@@ -21,7 +21,7 @@ import pytest
 import timm
 import torch
 import yaml
-from fake_hub import FakeHub
+from helpers import ROOT, FakeHub, point_hub_client_at
 from safetensors import safe_open
 
 import dcls_zoo
@@ -31,7 +31,6 @@ from dcls_zoo.state_dicts import clean_state_dict
 from lightning_modules import checkpoints
 from lightning_modules.commands.main import main
 
-ROOT = Path(__file__).resolve().parents[1]
 ARCH = "convnext_dcls_atto"
 EXPORT_FILES = {"config.json", "model.safetensors", "README.md", "positions.png"}
 _names = itertools.count()
@@ -269,8 +268,6 @@ def test_push_without_token_fails_before_any_work(fake_hub, model, tmp_path, mon
 
 
 def test_unreachable_hub_keeps_the_export_and_says_how_to_retry(model, tmp_path, monkeypatch):
-    from conftest import point_hub_client_at
-
     point_hub_client_at(monkeypatch, f"http://127.0.0.1:{_free_port()}", tmp_path / "hf_home")
     export = tmp_path / "export"
     with pytest.raises(PushError) as caught:
@@ -299,8 +296,6 @@ def no_backoff(monkeypatch):
 
 
 def test_hub_dying_mid_push_keeps_the_export(model, tmp_path, monkeypatch, no_backoff):
-    from conftest import point_hub_client_at
-
     with FakeHub() as hub:
         point_hub_client_at(monkeypatch, hub.url, tmp_path / "hf_home")
         hub.die_after = "/api/repos/create"  # answers the repo creation, then drops every request
@@ -316,7 +311,6 @@ def test_hub_dying_mid_push_keeps_the_export(model, tmp_path, monkeypatch, no_ba
 
 @pytest.mark.parametrize("offline", [False, True], ids=["unreachable", "HF_HUB_OFFLINE"])
 def test_download_without_hub_or_cache_explains_the_ways_out(tmp_path, monkeypatch, no_backoff, offline):
-    from conftest import point_hub_client_at
     from huggingface_hub import constants
 
     point_hub_client_at(monkeypatch, f"http://127.0.0.1:{_free_port()}", tmp_path / "hf_home")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from helpers import ROOT
 
 import dcls_zoo
 
@@ -25,7 +26,6 @@ from test_pretrained import SMALL, TINY, caches, logits, no_network, serve_autho
 
 __all__ = ["caches", "no_network", "server"]  # fixtures used here
 
-ROOT = Path(__file__).resolve().parents[1]
 GITHUB = "dcls-org/dcls-zoo:v0.1"
 
 

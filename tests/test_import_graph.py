@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("dcls_zoo", "lightning_modules")
 _DOTTED = re.compile(r"^\.?[A-Za-z_][\w.]*(?::\w+)?$")
 

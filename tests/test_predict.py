@@ -5,30 +5,25 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import NO_AFTER_FIT, NO_PROGRESS_BAR, QUICKSTART, TINY_FIT
 
 from lightning_modules import FashionMNISTDataModule
 from lightning_modules.checkpoints import load_checkpoint, model_from_checkpoint
 from lightning_modules.commands.main import main
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
-
 
 @pytest.mark.slow
 def test_predict_writes_named_top_k_from_the_checkpoint(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["fit", "-c", QUICKSTART, "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
-                 "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false", "--data.batch_size=32",
-                 "--test_after_fit=false", "--export_after_fit=false"]) == 0
+    assert main(["fit", "-c", QUICKSTART, *TINY_FIT, *NO_AFTER_FIT]) == 0
     (run,) = (tmp_path / "logs" / "quickstart").iterdir()
     last = run / "checkpoints" / "last.ckpt"
     result = subprocess.run(
         [sys.executable, "-m", "lightning_modules", "predict", "-c", QUICKSTART, f"--ckpt_path={last}",
-         "--trainer.limit_predict_batches=2", "--trainer.enable_progress_bar=false", "--data.batch_size=32"],
+         "--trainer.limit_predict_batches=2", NO_PROGRESS_BAR, "--data.batch_size=32"],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,8 +1,8 @@
 """``pretrained=True``: the Hub repo first, the authors' file as fallback, checksums, offline (dcls_zoo.weights.pretrained).
 
 Nothing here leaves the machine: a guard refuses every non-loopback connection and name lookup,
-the Hugging Face endpoint points at a loopback ``http.server`` (a few Hub ``resolve`` answers
-and the authors' files, as ``DCLS_ZOO_ZENODO_URL`` mirror), and the caches are temporary.
+the Hugging Face endpoint points at the loopback server of ``helpers.py`` (a few Hub repos and
+the authors' files, as ``DCLS_ZOO_ZENODO_URL`` mirror), and the caches are temporary.
 
 The weights are our registered archs at reduced depth and width (the arch fixes the layout and
 the authors' axis order), with random positions, sigmas and layer scales so that every part
@@ -21,16 +21,15 @@ import re
 import socket
 import subprocess
 import sys
-import threading
-from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from huggingface_hub import constants as hf_constants
+from helpers import ROOT, point_hub_client_at
 from safetensors.torch import save_file
+from huggingface_hub import constants as hf_constants
 
 import dcls_zoo
 from dcls_zoo.errors import ChecksumMismatchError, PretrainedWeightsError
@@ -39,7 +38,6 @@ from dcls_zoo.weights import table
 from dcls_zoo.weights.pretrained import ZENODO_URL_ENV, fetch_pretrained, load_pretrained_state_dict
 from dcls_zoo.weights.table import PRETRAINED_WEIGHTS, PretrainedWeights, get_pretrained_weights
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(depths=(2, 1, 1, 2), dims=(16, 32, 48, 64))
 TINY, GAUSS = "convnext_dcls_tiny", "convnext_dcls_gauss_tiny"
 COMMIT_MAIN = "a" * 40
@@ -87,96 +85,25 @@ def no_network(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------
-# a loopback server: a few Hub `resolve` answers and the authors' files
+# the loopback server (helpers.FakeHub): a few Hub repos, and the authors' files under MIRROR
 
-
-@dataclass
-class Loopback:
-    """``hub[(repo, revision)] = bytes`` (``revision`` "main" or a commit); ``files[name] = bytes``;
-    ``truncate`` names files sent short of their announced length; ``requests`` logs ``(method, path)``."""
-
-    url: str = ""
-    hub: dict[tuple[str, str], bytes] = field(default_factory=dict)
-    files: dict[str, bytes] = field(default_factory=dict)
-    truncate: set[str] = field(default_factory=set)
-    requests: list[tuple[str, str]] = field(default_factory=list)
-
-    def hits(self, fragment: str) -> list[tuple[str, str]]:
-        return [r for r in self.requests if fragment in r[1]]
-
-
-def _handler(state: Loopback) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-        def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, length: int | None = None):
-            self.send_response(status)
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.send_header("Content-Length", str(len(body) if length is None else length))
-            self.end_headers()
-            if self.command == "GET":
-                self.wfile.write(body)
-
-        def _answer(self) -> None:
-            state.requests.append((self.command, self.path))
-            path = self.path.split("?", 1)[0]
-            if path.startswith("/zenodo/"):
-                name = path[len("/zenodo/") :]
-                if name not in state.files:
-                    return self._send(404)
-                body = state.files[name]
-                if name in state.truncate and self.command == "GET":
-                    self._send(200, body[: len(body) // 2], length=len(body))
-                    self.close_connection = True
-                    return
-                return self._send(200, body)
-            match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
-            if not match:
-                return self._send(404)
-            repo, revision, _ = match.groups()
-            if not any(key[0] == repo for key in state.hub):
-                return self._send(404, headers={"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
-            if (repo, revision) not in state.hub:
-                return self._send(404, headers={"X-Error-Code": "RevisionNotFound"})
-            body = state.hub[(repo, revision)]
-            commit = revision if len(revision) == 40 else COMMIT_MAIN
-            headers = {"X-Repo-Commit": commit, "ETag": f'"{hashlib.sha256(body).hexdigest()}"'}
-            return self._send(200, body, headers)
-
-        do_GET = do_HEAD = _answer
-
-    return Handler
+MIRROR = "/zenodo/"
 
 
 @pytest.fixture
-def server():
-    state = Loopback()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs=dict(poll_interval=0.02), daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{httpd.server_port}"
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+def server(loopback_server):
+    """This file's server: Hub repos added with ``put``, the authors' files at ``MIRROR + name``."""
+    return loopback_server
 
 
 @pytest.fixture
 def caches(tmp_path, monkeypatch, server):
-    """Temporary HF and torch caches, the Hub endpoint on the loopback server, its /zenodo/ as mirror."""
-    hf_cache, torch_dir = tmp_path / "hf", tmp_path / "torch"
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hf_cache))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    set_endpoint(monkeypatch, server.url)
+    """Temporary HF and torch caches, the Hub endpoint on the loopback server, its MIRROR as mirror."""
+    hf_home, torch_dir = tmp_path / "hf_home", tmp_path / "torch"
+    point_hub_client_at(monkeypatch, server.url, hf_home)
     monkeypatch.setattr(torch.hub, "_hub_dir", str(torch_dir))
-    monkeypatch.setenv(ZENODO_URL_ENV, server.url + "/zenodo/")
-    return dict(hf=hf_cache, downloads=torch_dir / "checkpoints")
-
-
-def set_endpoint(monkeypatch, url: str) -> None:
-    monkeypatch.setattr(hf_constants, "ENDPOINT", url)
-    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setenv(ZENODO_URL_ENV, server.url + MIRROR)
+    return dict(hf=hf_home / "hub", downloads=torch_dir / "checkpoints")
 
 
 # ------------------------------------------------------------------------------------------
@@ -256,9 +183,9 @@ def zenodo_name(arch: str) -> str:
     return os.path.basename(PRETRAINED_WEIGHTS[f"{arch}.in1k"].fallback_url)
 
 
-def serve_authors_file(server: Loopback, arch: str, model: torch.nn.Module, tmp_path: Path) -> bytes:
+def serve_authors_file(server, arch: str, model: torch.nn.Module, tmp_path: Path) -> bytes:
     body = torch_bytes({"model": authors_layout(model.state_dict(), "gauss" in arch)}, tmp_path)
-    server.files[zenodo_name(arch)] = body
+    server.url_files[MIRROR + zenodo_name(arch)] = body
     return body
 
 
@@ -374,16 +301,16 @@ def test_fallback_checksum_is_enforced(server, caches, tmp_path, monkeypatch):
 def test_truncated_download_and_truncated_file(server, caches, tmp_path):
     source = source_model(TINY, seed=4)
     body = serve_authors_file(server, TINY, source, tmp_path)
-    server.truncate.add(zenodo_name(TINY))  # announced length, half the bytes, connection closed
+    server.truncate.add(MIRROR + zenodo_name(TINY))  # announced length, half the bytes, connection closed
     with pytest.raises(PretrainedWeightsError, match="truncated download; nothing was cached"):
         dcls_zoo.create_model(TINY, pretrained=True, **SMALL)
     assert not caches["downloads"].exists() or list(caches["downloads"].iterdir()) == []
     server.truncate.clear()
-    server.files[zenodo_name(TINY)] = body[: len(body) // 2]  # a complete download of a truncated file
+    server.url_files[MIRROR + zenodo_name(TINY)] = body[: len(body) // 2]  # a complete download of a truncated file
     with pytest.raises(PretrainedWeightsError, match="truncated or corrupted.*removed from the download cache"):
         dcls_zoo.create_model(TINY, pretrained=True, **SMALL)
     assert list(caches["downloads"].iterdir()) == []  # the next load downloads it again
-    server.files[zenodo_name(TINY)] = body
+    server.url_files[MIRROR + zenodo_name(TINY)] = body
     torch.testing.assert_close(logits(dcls_zoo.create_model(TINY, pretrained=True, **SMALL)), logits(source))
 
 
@@ -405,7 +332,7 @@ class Payload:
 def test_pickle_with_a_custom_class_is_refused(server, caches, tmp_path):
     source = source_model(TINY, seed=5)
     state = authors_layout(source.state_dict(), gauss=False)
-    server.files[zenodo_name(TINY)] = torch_bytes({"model": state, "extra": Payload()}, tmp_path)
+    server.url_files[MIRROR + zenodo_name(TINY)] = torch_bytes({"model": state, "extra": Payload()}, tmp_path)
     with pytest.raises(ValueError, match="refusing to load .*weights_only=True"):
         dcls_zoo.create_model(TINY, pretrained=True, **SMALL)
     assert _UNPICKLED == []
@@ -414,8 +341,8 @@ def test_pickle_with_a_custom_class_is_refused(server, caches, tmp_path):
 def test_explicit_url_and_function_arguments(server, caches, tmp_path):
     source = source_model(GAUSS, seed=6)
     state = authors_layout(source.state_dict(), gauss=True)
-    server.files["elsewhere.pth"] = torch_bytes({"model_ema": state, "model": {}}, tmp_path)
-    server.files["ours.safetensors"] = safetensors_bytes(source, tmp_path)
+    server.url_files[MIRROR + "elsewhere.pth"] = torch_bytes({"model_ema": state, "model": {}}, tmp_path)
+    server.url_files[MIRROR + "ours.safetensors"] = safetensors_bytes(source, tmp_path)
     url = f"{server.url}/zenodo/elsewhere.pth"
     # an overlay URL is the only source: the Hub is not asked
     model = dcls_zoo.create_model(GAUSS, pretrained=True, pretrained_cfg_overlay=dict(url=url), **SMALL)
@@ -440,7 +367,7 @@ def test_hub_wins_when_it_exists(server, caches, tmp_path, monkeypatch):
     hub_model, zenodo_model = source_model(TINY, seed=7), source_model(TINY, seed=8)
     repo = PRETRAINED_WEIGHTS["convnext_dcls_tiny.in1k"].hf_hub_id
     body = safetensors_bytes(hub_model, tmp_path)
-    server.hub[(repo, "main")] = body
+    server.put(repo, {"model.safetensors": body}, commit=COMMIT_MAIN)
     serve_authors_file(server, TINY, zenodo_model, tmp_path)
     model = dcls_zoo.create_model(TINY, pretrained=True, **SMALL)
     torch.testing.assert_close(logits(model), logits(hub_model))
@@ -460,8 +387,9 @@ def test_hub_wins_when_it_exists(server, caches, tmp_path, monkeypatch):
 def test_hub_revision_pinning(server, caches, tmp_path):
     main, pinned = source_model(TINY, seed=9), source_model(TINY, seed=10)
     repo = PRETRAINED_WEIGHTS["convnext_dcls_tiny.in1k"].hf_hub_id
-    server.hub[(repo, "main")] = safetensors_bytes(main, tmp_path, "main.safetensors")
-    server.hub[(repo, COMMIT_PINNED)] = safetensors_bytes(pinned, tmp_path, "pinned.safetensors")
+    server.put(repo, {"model.safetensors": safetensors_bytes(main, tmp_path, "main.safetensors")}, commit=COMMIT_MAIN)
+    server.put(repo, {"model.safetensors": safetensors_bytes(pinned, tmp_path, "pinned.safetensors")}, branch=None,
+               commit=COMMIT_PINNED)
     model = dcls_zoo.create_model(TINY, pretrained=True, revision=COMMIT_PINNED, **SMALL)
     torch.testing.assert_close(logits(model), logits(pinned))
     assert model.pretrained_cfg["hf_hub_id"] == f"{repo}@{COMMIT_PINNED}"
@@ -488,7 +416,7 @@ def test_unreachable_hub_is_a_clear_error(server, caches, tmp_path, monkeypatch)
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     dead = f"http://127.0.0.1:{closed.getsockname()[1]}"  # bound, not listening: connection refused
-    set_endpoint(monkeypatch, dead)
+    point_hub_client_at(monkeypatch, dead, tmp_path / "hf_home")
     # huggingface_hub retries a refused connection 5 times with 1-8 s sleeps (23 s); skip the sleeps
     import huggingface_hub.utils._http as hf_http
 

@@ -16,6 +16,7 @@ import PIL
 import pytest
 import torch
 import yaml
+from helpers import QUICK_FIT, ROOT
 from PIL import Image
 from timm.data.auto_augment import AugmentOp
 
@@ -23,7 +24,6 @@ from lightning_modules.data import ImageFolderDataModule
 from lightning_modules.data.fashion_mnist import CLASS_NAMES, load_embedded
 from lightning_modules.data.transforms import _posterize
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(
     path.name
     for path in (ROOT / "configs").glob("*.yaml")
@@ -135,7 +135,6 @@ def test_the_gray_quickstart_export_fine_tunes_on_rgb_folders(rgb_folders, tmp_p
         "fit", "-c", str(ROOT / "configs" / "finetune.yaml"), "--model.arch=convnext_dcls_atto",
         "--model.model_kwargs={patch_size: 2}", f"--model.pretrained={export}",
         f"--data.init_args.root={rgb_folders}", "--data.init_args.image_size=32", "--data.init_args.batch_size=4",
-        "--data.init_args.num_workers=0", "--trainer.accelerator=cpu", "--trainer.devices=1",
-        "--trainer.fast_dev_run=true", "--test_after_fit=false", "--export_after_fit=false",
+        "--data.init_args.num_workers=0", "--trainer.accelerator=cpu", "--trainer.devices=1", *QUICK_FIT,
     ])
     assert code == 0

@@ -10,6 +10,7 @@ import pytest
 import safetensors.torch
 import timm
 import torch
+from helpers import counted_multiply_adds, multiply_adds
 from timm.models.resnet import Bottleneck
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -34,24 +35,6 @@ def model() -> ResNetDcls:
 
 def _param_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())  # parameters() yields a shared P once
-
-
-def _multiply_adds(module: nn.Module, size: int) -> float:
-    """Multiply-adds of one ``1 x 3 x size x size`` forward, counted on the meta device.
-
-    FlopCounterMode counts 2 FLOPs per multiply-add for convolutions and matmuls, so MACs are
-    half its count. Only ``aten.convolution`` (the dense-kernel convs, the stem, 1x1s) and
-    ``aten.addmm`` (the classifier) are kept: that is what the paper's "multiply-adds" (like
-    timm's GMACs) count. The DCLS kernel construction is not among them: the bilinear build
-    scatters ``2^2`` corners per element (not a counted op) and costs about
-    ``4 * 6.3M`` weights ~ 25M multiply-adds per forward, 0.2% of the total, independent of the
-    image size. The meta device gives the exact shapes, hence the exact count, without computing.
-    """
-    meta = module.to("meta")
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        meta(torch.empty(1, 3, size, size, device="meta"))
-    counts = {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
-    return (counts.get("aten.convolution", 0) + counts.get("aten.addmm", 0)) / 2
 
 
 def test_registered_with_pretrained_cfg():
@@ -121,9 +104,9 @@ def test_one_position_tensor_per_stage(model: ResNetDcls):
 
 def test_multiply_adds_match_paper():
     # resnet50 itself first, as a check of the counting: timm and the paper give 4.1G.
-    assert _multiply_adds(timm.create_model("resnet50"), 224) / 1e9 == pytest.approx(4.1, abs=0.05)
+    assert multiply_adds(timm.create_model("resnet50"), 224) / 1e9 == pytest.approx(4.1, abs=0.05)
     for name in ("resnet50_dcls", "resnet50_dcls_k6"):
-        assert _multiply_adds(timm.create_model(name), 224) / 1e9 == pytest.approx(12.3, abs=0.1)
+        assert multiply_adds(timm.create_model(name), 224) / 1e9 == pytest.approx(12.3, abs=0.1)
 
 
 @pytest.mark.slow
@@ -135,9 +118,7 @@ def test_real_forward_at_224_counts_the_same(model: ResNetDcls):
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         out = model(torch.randn(1, 3, 224, 224))
     assert out.shape == (1, 1000) and torch.isfinite(out).all()
-    counts = {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
-    macs = (counts["aten.convolution"] + counts["aten.addmm"]) / 2
-    assert macs / 1e9 == pytest.approx(12.3, abs=0.1)
+    assert counted_multiply_adds(counter) / 1e9 == pytest.approx(12.3, abs=0.1)
 
 
 def test_safetensors_round_trip(model: ResNetDcls, tmp_path):

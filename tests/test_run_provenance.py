@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import QUICKSTART
 
 from lightning_modules.commands.main import main
 from lightning_modules.runs import IDENTITY_KEY, RunIdentity, RunSummary, run_settings, setting_differences
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 # one epoch of two steps of the quickstart recipe: real checkpoints in seconds
 TINY = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
         "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false", "--data.batch_size=16",

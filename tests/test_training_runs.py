@@ -11,28 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import NO_AFTER_FIT, QUICKSTART, short_fit
 
 import dcls_zoo
 from lightning_modules import FashionMNISTDataModule, ImageClassifier
 from lightning_modules.commands.main import main
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 # the quickstart recipe (EMA, clamp, repulsive loss from epoch 1, position plots), made small
-SMALL_RUN = [
-    "--trainer.max_epochs=2",
-    "--trainer.limit_train_batches=3",
-    "--trainer.limit_val_batches=2",
-    "--trainer.enable_progress_bar=false",
-    "--model.warmup_epochs=0.5",
-    "--model.repulsive_loss_after_epoch=0",
-    "--data.batch_size=32",
-]
+SMALL_RUN = short_fit(epochs=2, train_batches=3, val_batches=2, warmup_epochs=0.5, repulsive_loss_after_epoch=0)
 
 
 # what the resume tests run: labels recorded per step, every step logged, no after-fit job
 RESUMABLE_RUN = ["fit", "-c", QUICKSTART, *SMALL_RUN, "--trainer.log_every_n_steps=1",
-                 "--trainer.callbacks+=run_helpers.RecordLabels", "--test_after_fit=false", "--export_after_fit=false"]
+                 "--trainer.callbacks+=run_helpers.RecordLabels", *NO_AFTER_FIT]
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +157,8 @@ def test_a_run_stopped_mid_epoch_is_exported_and_resumes_exactly_in_its_folder(s
 def test_ddp_on_two_cpu_processes_reports_metrics_over_all_ranks(tmp_path):
     command = [
         sys.executable, "-m", "lightning_modules", "fit", "-c", QUICKSTART,
-        "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=3", "--trainer.enable_progress_bar=false",
-        "--data.batch_size=64", "--test_after_fit=false", "--export_after_fit=false",
+        "--trainer.devices=2", "--trainer.strategy=ddp", *short_fit(train_batches=3, val_batches=None, batch_size=64),
+        *NO_AFTER_FIT,
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

@@ -1,23 +1,21 @@
 """Weights from the wild: hostile names, hostile checkpoints, links, silent servers, broken files.
 
-Every server here is loopback: a tiny HTTP server for URL files, the fake Hub (``fake_hub.py``)
-for Hub repos, and a socket that accepts connections and never answers.
+Every server here is loopback, the one of ``helpers.py``: for URL files, as the fake Hub for Hub
+repos, and silent (it takes every request and never answers).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import QUICK_FIT, QUICKSTART, ROOT, point_hub_client_at
 
 import dcls_zoo
 from dcls_zoo.errors import (
@@ -35,88 +33,25 @@ from lightning_modules.checkpoints import load_checkpoint
 from lightning_modules.commands.main import main
 from lightning_modules.module import ImageClassifier
 
-ROOT = Path(__file__).resolve().parents[1]
 ARCH = "convnext_dcls_atto"
 
 
 # ------------------------------------------------------------------------------------------
-# loopback servers
-
-
-class FileServer:
-    """Serves ``files[path] = bytes`` on 127.0.0.1 and logs every request path (raw, undecoded)."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.requests: list[str] = []
-        state = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                state.requests.append(self.path)
-                body = state.files.get(self.path)
-                self.send_response(200 if body is not None else 404)
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                self.wfile.write(body or b"")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs=dict(poll_interval=0.02), daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+# loopback servers (helpers.FakeHub)
 
 
 @pytest.fixture
-def file_server():
-    server = FileServer()
-    yield server
-    server.close()
-
-
-class SilentServer:
-    """Accepts every connection and never sends a byte."""
-
-    def __init__(self) -> None:
-        self.socket = socket.socket()
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind(("127.0.0.1", 0))
-        self.socket.listen(64)
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.connections: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.socket.accept()
-            except OSError:
-                return
-            self.connections.append(connection)
-
-    def close(self) -> None:
-        self.socket.close()
-        for connection in self.connections:
-            connection.close()
+def file_server(loopback_server):
+    """URL files: ``file_server.url_files[raw path] = bytes``; ``requests`` logs every request."""
+    return loopback_server
 
 
 @pytest.fixture
-def silent_hub(monkeypatch, tmp_path):
-    """huggingface_hub pointed at a :class:`SilentServer`, with a private cache."""
-    from huggingface_hub import constants
-
-    silent = SilentServer()
-    monkeypatch.setattr(constants, "ENDPOINT", silent.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", silent.url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    yield silent
-    silent.close()
+def silent_hub(loopback_server, monkeypatch, tmp_path):
+    """huggingface_hub pointed at a server that takes every request and never answers, with a private cache."""
+    loopback_server.silent = True
+    point_hub_client_at(monkeypatch, loopback_server.url, tmp_path / "hf_home")
+    return loopback_server
 
 
 @pytest.fixture
@@ -156,7 +91,7 @@ def test_a_percent_2f_url_writes_nothing_outside_the_cache(file_server, caches, 
     target = tmp_path / "outside" / "owned.pth"
     target.parent.mkdir()
     hostile = "/files/" + str(target).replace("/", "%2F")
-    file_server.files[hostile] = b"import os  # would run at the next interpreter start"
+    file_server.url_files[hostile] = b"import os  # would run at the next interpreter start"
     url = file_server.url + hostile
     with pytest.raises(UnsafeFileNameError, match="plain name"):
         dcls_zoo.create_model(ARCH, pretrained=True, pretrained_cfg_overlay={"url": url})
@@ -175,7 +110,7 @@ def test_a_symlink_planted_in_the_cache_is_not_followed(caches, tmp_path):
 
 def test_an_explicit_url_still_loads_when_its_name_is_plain(file_server, caches, tmp_path):
     weights = _atto_state_file(tmp_path / "atto.safetensors")
-    file_server.files["/files/atto.safetensors"] = weights.read_bytes()
+    file_server.url_files["/files/atto.safetensors"] = weights.read_bytes()
     model = dcls_zoo.create_model(
         ARCH, pretrained=True, num_classes=10, pretrained_cfg_overlay={"url": file_server.url + "/files/atto.safetensors"}
     )
@@ -255,7 +190,7 @@ def test_cli_test_of_a_hostile_checkpoint_downloads_nothing(file_server, tmp_pat
     ckpt = _hostile_checkpoint(tmp_path / "hostile.ckpt", url, pretrained="in1k")
     env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"))
     result = subprocess.run(
-        [sys.executable, "-m", "lightning_modules", "test", "-c", str(ROOT / "configs" / "quickstart.yaml"),
+        [sys.executable, "-m", "lightning_modules", "test", "-c", QUICKSTART,
          f"--ckpt_path={ckpt}", "--trainer.limit_test_batches=2", "--trainer.enable_progress_bar=false"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
     )
@@ -315,33 +250,15 @@ def test_a_silent_hub_fails_within_the_limit(silent_hub, monkeypatch):
     assert "no answer from the server for 1.5 s" in message
 
 
-def test_the_limit_is_between_answers_not_for_the_whole_transfer(monkeypatch, caches):
+def test_the_limit_is_between_answers_not_for_the_whole_transfer(monkeypatch, caches, loopback_server):
     """A slow but live download (each chunk well within the limit, the whole longer) completes."""
     body = os.urandom(6 * 1024)
-
-    class Trickle(BaseHTTPRequestHandler):
-        def log_message(self, *args) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            for start in range(0, len(body), 1024):
-                time.sleep(0.3)
-                self.wfile.write(body[start : start + 1024])
-                self.wfile.flush()
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
-    threading.Thread(target=httpd.serve_forever, kwargs=dict(poll_interval=0.02), daemon=True).start()
-    try:
-        monkeypatch.setenv(network.TIMEOUT_ENV, "1")
-        start = time.monotonic()
-        path = url_file(f"http://127.0.0.1:{httpd.server_port}/slow.bin", progress=False)
-        assert time.monotonic() - start > 1.5  # longer than the limit in total
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    loopback_server.url_files["/slow.bin"] = body
+    loopback_server.chunk_delay = 0.3  # 1 KiB chunks
+    monkeypatch.setenv(network.TIMEOUT_ENV, "1")
+    start = time.monotonic()
+    path = url_file(f"{loopback_server.url}/slow.bin", progress=False)
+    assert time.monotonic() - start > 1.5  # longer than the limit in total
     assert path.read_bytes() == body
 
 
@@ -459,7 +376,7 @@ def test_garbage_torch_files_are_named_not_tracebacks(tmp_path, capsys, content)
 
 
 def test_an_unreadable_download_is_removed_from_the_cache(file_server, caches):
-    file_server.files["/files/broken.pth"] = b"not a torch file at all"
+    file_server.url_files["/files/broken.pth"] = b"not a torch file at all"
     with pytest.raises(WeightsReadError, match=r"the weights file from .*broken\.pth.*removed from the download cache"):
         dcls_zoo.create_model(ARCH, pretrained=True, pretrained_cfg_overlay={"url": file_server.url + "/files/broken.pth"})
     assert not (caches / "broken.pth").exists()
@@ -495,11 +412,10 @@ def test_a_tag_without_weights_is_named():
 def test_weight_errors_at_the_command_line_are_one_line(silent_hub, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv(network.TIMEOUT_ENV, "1")
     monkeypatch.chdir(tmp_path)
-    quickstart = str(ROOT / "configs" / "quickstart.yaml")
     for source, expected in (("hf-hub:tester/silent", "could not reach the Hugging Face Hub"),
                              ("in1k", "No pretrained weights exist for convnext_dcls_atto.in1k")):
         with pytest.raises(SystemExit) as info:
-            main(["fit", "-c", quickstart, f"--model.pretrained={source}", "--trainer.fast_dev_run=true"])
+            main(["fit", "-c", QUICKSTART, f"--model.pretrained={source}", *QUICK_FIT])
         assert info.value.code == 2
         error = capsys.readouterr().err
         assert expected in error and "Traceback" not in error
