@@ -28,6 +28,8 @@ from typing_extensions import override
 
 from dcls_zoo.hub import push_to_hub
 
+from .run_record import training_record
+
 __all__ = ["CSVMetricsResume", "EpochSeed", "HubPushCallback"]
 
 log = logging.getLogger(__name__)
@@ -225,8 +227,10 @@ class HubPushCallback(Callback):
         metrics = {key: round(float(value), 6) for key, value in trainer.callback_metrics.items() if value.numel() == 1}
         if metrics and "metrics" not in card:
             card["metrics"] = metrics
-        card.setdefault("training", f"{epochs_done} epoch(s), {trainer.global_step} optimizer steps "
-                                    f"(dcls-zoo HubPushCallback, push '{name}')")
+        if "training" not in card and trainer.datamodule is not None:
+            card["training"] = training_record(trainer, pl_module, trainer.datamodule, epochs=epochs_done,
+                                               steps=trainer.global_step,
+                                               weights=f"the weights at push '{name}' (dcls-zoo HubPushCallback)")
         try:
             result = push_to_hub(
                 model, self.repo_id, revision=self.revision, private=self.private, token=self.token,

@@ -306,7 +306,12 @@ def export_checkpoint(
         card["metrics"] = metrics
     if recorded.get("dataset") and not card.get("dataset"):
         card["dataset"] = recorded["dataset"]
-    card.setdefault("training", f"trained with dcls-zoo (Lightning); exported from {Path(checkpoint_path).name}: {notes}")
+    if "training" not in card:  # the Training table the run recorded, naming the weights exported
+        training = dict(recorded.get("training") or {"run": "trained with dcls-zoo (Lightning)"})
+        training["weights"] = f"{training.get('weights', 'this checkpoint')} ({Path(checkpoint_path).name}): {notes}"
+        card["training"] = training
+    if recorded.get("limitations") and "limitations" not in card:
+        card["limitations"] = list(recorded["limitations"])
     directory = save_pretrained(
         model,
         out_dir,

@@ -27,6 +27,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 import dcls_zoo
+from dcls_zoo.errors import DclsZooError
 from dcls_zoo.export_format import refuse_weight_sources, without_weight_sources
 from dcls_zoo.names import SOURCE_PREFIXES
 from dcls_zoo.positions import position_owners, position_parameters, position_snapshot
@@ -42,6 +43,7 @@ from .checkpoints import (
     weights_source,
 )
 from .optim import WarmupCosine, parameter_groups, upgrade_scheduler_state, warmup_cosine_scheduler
+from .run_record import limitations, training_record
 from .runs import written_checkpoints
 
 __all__ = ["INITIAL_POSITIONS_KEY", "ImageClassifier", "NonFiniteLossError", "restoring_from_checkpoint"]
@@ -69,7 +71,7 @@ def restoring_from_checkpoint() -> Iterator[None]:
         _RESTORING.reset(token)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(DclsZooError, RuntimeError):
     """The training loss became NaN or infinite: the run stops before the bad step is applied."""
 
 
@@ -380,8 +382,9 @@ class ImageClassifier(pl.LightningModule):
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record what an export of this checkpoint needs (``dcls-zoo export CKPT`` reads it): the
-        class names, the evaluation preprocessing and the dataset from the DataModule, and the
-        validation metrics of the epoch the checkpoint was saved at."""
+        class names, the evaluation preprocessing and the dataset from the DataModule, the
+        validation metrics of the epoch the checkpoint was saved at, and the card's Training table
+        and Limitations as the fit-time export writes them (:mod:`lightning_modules.run_record`)."""
         trainer = self._trainer
         data = getattr(trainer, "datamodule", None) if trainer is not None else None
         metadata: dict[str, Any] = {}
@@ -396,6 +399,11 @@ class ImageClassifier(pl.LightningModule):
             metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
             if metrics:
                 metadata["metrics"] = {**metrics, "epoch": trainer.current_epoch}
+            if data is not None and trainer.optimizers:
+                metadata["training"] = training_record(
+                    trainer, self, data, epochs=trainer.current_epoch, steps=trainer.global_step,
+                    weights=f"the checkpoint written at epoch {trainer.current_epoch}, step {trainer.global_step}")
+                metadata["limitations"] = limitations(data)
         checkpoint[EXPORT_KEY] = metadata
         checkpoint[INITIAL_POSITIONS_KEY] = self.initial_positions
 

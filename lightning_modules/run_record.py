@@ -21,7 +21,7 @@ from .averaging import WarmupEMAWeightAveraging
 from .method import ClampPositions
 from .runs import RunSummary
 
-__all__ = ["limitations", "training_record"]
+__all__ = ["limitations", "summary_training_record", "training_record"]
 
 
 def _optimizer_phrase(trainer: pl.Trainer, module: pl.LightningModule) -> str:
@@ -70,48 +70,65 @@ def _regularisation_phrase(trainer: pl.Trainer, module: pl.LightningModule) -> s
     return "; ".join(parts)
 
 
-def training_record(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule,
-                    summary: RunSummary) -> dict[str, str]:
-    """The run as ``setting -> sentence`` (the model card's Training table).
+def training_record(trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any, *, epochs: int,
+                    steps: int, fit_seconds: float | None = None, weights: str | None = None,
+                    positions_frozen: bool | None = None,
+                    position_shift_px: Mapping[str, float] | None = None) -> dict[str, str]:
+    """The run as ``setting -> sentence`` (the model card's Training table): the one home of that
+    text, for the export after fit, every checkpoint (``dcls-zoo export`` of it) and Hub pushes.
 
-    ``summary``: what :func:`lightning_modules.commands.after_fit.finish_fit` gathered (epochs,
-    steps, fit time, the selected checkpoint and its weights).
+    Args:
+        epochs, steps: how far training went (for the weights the card describes).
+        fit_seconds: how long it took (``None``: not known yet).
+        weights: which weights the card describes, in words.
+        positions_frozen, position_shift_px: how the DCLS positions moved, when measured.
     """
     batch_size = getattr(datamodule, "batch_size", None)
     describe = getattr(datamodule, "describe", None)
     record = {
         "data": describe() if callable(describe) else type(datamodule).__name__,
-        "epochs": f"{summary.epochs} ({summary.global_steps} optimizer steps"
-        + (f", batch {batch_size}" if batch_size else "") + ")",
+        "epochs": f"{epochs} ({steps} optimizer steps" + (f", batch {batch_size}" if batch_size else "") + ")",
         "optimizer": _optimizer_phrase(trainer, module),
         "schedule": _schedule_phrase(module.hparams),
         "regularisation": _regularisation_phrase(trainer, module),
         "precision": str(trainer.precision),
         "seed": os.environ.get("PL_GLOBAL_SEED", "not set"),
-        "fit time": f"{float(summary.fit_seconds or 0) / 60:.1f} min on {trainer.num_devices} "
-        f"{trainer.accelerator.__class__.__name__.replace('Accelerator', '')} device(s); {machine_description()}",
     }
-    if summary.position_shift_px:
-        moved = ", ".join(f"{name} {value:.2f} px" for name, value in summary.position_shift_px.items())
-        record["positions"] = ("frozen at their initial values" if summary.positions_frozen
+    if fit_seconds is not None:
+        record["fit time"] = (f"{float(fit_seconds) / 60:.1f} min on {trainer.num_devices} "
+                              f"{trainer.accelerator.__class__.__name__.replace('Accelerator', '')} device(s); "
+                              f"{machine_description()}")
+    if position_shift_px:
+        moved = ", ".join(f"{name} {value:.2f} px" for name, value in position_shift_px.items())
+        record["positions"] = ("frozen at their initial values" if positions_frozen
                                else "learned") + f"; mean absolute shift from the initial positions (tested weights): {moved}"
-    if summary.checkpoint:
-        which = "the best validation epoch" if summary.checkpoint_kind == "best" else "the last epoch"
-        weights = summary.tested_weights
-        record["weights"] = f"{which} ({os.path.basename(summary.checkpoint)})" + (f", {weights}" if weights else "")
+    if weights:
+        record["weights"] = weights
     return record
 
 
-def limitations(datamodule: pl.LightningDataModule, summary: RunSummary) -> list[str]:
+def summary_training_record(trainer: pl.Trainer, module: pl.LightningModule, datamodule: Any,
+                            summary: RunSummary) -> dict[str, str]:
+    """:func:`training_record` of a finished fit, from its :class:`~lightning_modules.runs.RunSummary`."""
+    weights = None
+    if summary.checkpoint:
+        which = "the best validation epoch" if summary.checkpoint_kind == "best" else "the last epoch"
+        weights = f"{which} ({os.path.basename(summary.checkpoint)})" + (
+            f", {summary.tested_weights}" if summary.tested_weights else "")
+    return training_record(trainer, module, datamodule, epochs=summary.epochs, steps=summary.global_steps,
+                           fit_seconds=summary.fit_seconds, weights=weights, positions_frozen=summary.positions_frozen,
+                           position_shift_px=summary.position_shift_px)
+
+
+def limitations(datamodule: Any, test_top1: float | None = None, test_images: int | None = None) -> list[str]:
     """Sentences on how far the run's numbers go (the model card's Limitations section).
 
-    ``summary``: as for :func:`training_record` (``test/top1`` and ``test_images`` when tested).
+    ``test_top1``, ``test_images``: the test result, when the run was tested.
     """
     notes = []
-    top1, test_set = summary.test_top1, summary.test_images
-    if isinstance(top1, (int, float)) and isinstance(test_set, int) and test_set > 0:
-        error = math.sqrt(max(top1 * (1 - top1), 0.0) / test_set)
-        notes.append(f"The test top-1 comes from {test_set:,} images: its binomial standard error is about "
+    if isinstance(test_top1, (int, float)) and isinstance(test_images, int) and test_images > 0:
+        error = math.sqrt(max(test_top1 * (1 - test_top1), 0.0) / test_images)
+        notes.append(f"The test top-1 comes from {test_images:,} images: its binomial standard error is about "
                      f"{100 * error:.1f} points, so smaller differences between models are not resolved by one run.")
     notes.append("One training run with one seed: the spread over seeds is not measured here "
                  "(`dcls-zoo compare` trains several seeds of several architectures).")

@@ -41,5 +41,5 @@ def test_runs_are_ordered_by_version_number_not_by_name(tmp_path):
 @pytest.mark.parametrize("name", ["last", "best"])
 def test_a_run_without_last_ckpt_names_no_checkpoint(tmp_path, name):
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "best-epoch000-top10.5000.ckpt").write_bytes(b"x")
+    (tmp_path / "checkpoints" / "best-epoch000-val_top1=0.5000.ckpt").write_bytes(b"x")
     assert named_checkpoint(tmp_path, name) is None

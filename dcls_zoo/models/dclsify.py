@@ -175,7 +175,9 @@ def dclsify(
         else:
             report.skipped[path] = reason
     if not chosen:
-        raise ValueError(f"dclsify found no {targets} convolution to convert in {type(model).__name__}")
+        hint = ("; targets='all' converts every k x k convolution (dense and grouped ones too)"
+                if targets == "depthwise" else "")
+        raise ValueError(f"dclsify found no {targets} convolution to convert in {type(model).__name__}{hint}")
 
     windows = {path: _window_of(conv, dilated_kernel_size) for path, conv in chosen.items()}
     for path, conv in chosen.items():

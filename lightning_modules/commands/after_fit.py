@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.model_summary import ModelSummary
 from dcls_zoo.positions import mean_position_shift
 
 from ..checkpoints import export_checkpoint, load_checkpoint, select_weights
-from ..run_record import limitations, training_record
+from ..run_record import limitations, summary_training_record
 from ..runs import RunSummary, selected_checkpoint
 
 __all__ = ["finish_fit", "model_size"]
@@ -73,8 +73,8 @@ def finish_fit(
     summary.positions_frozen, summary.position_shift_px = position_movement(model)
     if export and trainer.is_global_zero:
         if checkpoint:
-            card = {"training": training_record(trainer, model, datamodule, summary),
-                    "limitations": limitations(datamodule, summary)}
+            card = {"training": summary_training_record(trainer, model, datamodule, summary),
+                    "limitations": limitations(datamodule, summary.test_top1, summary.test_images)}
             summary.export_dir = str(_export(checkpoint, summary, datamodule, card,
                                              Path(log_dir or trainer.default_root_dir)))
         else:  # fast_dev_run, or no ModelCheckpoint callback

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from dcls_zoo.figures import save_png
 from dcls_zoo.machine import machine_description
 
+from ..checkpoints import load_checkpoint
 from ..comparison import (
     Arm,
     Comparison,
@@ -57,7 +58,6 @@ from ..comparison import (
     runs_table,
     summarise,
 )
-from ..checkpoints import load_checkpoint
 from ..runs import (
     CHECKPOINTS_DIR,
     LAST_NAME,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
-from dcls_zoo.errors import PretrainedWeightsError
+from dcls_zoo.errors import DclsZooError, PretrainedWeightsError
 
 from ..averaging import WarmupEMAWeightAveraging
 from ..callbacks import CSVMetricsResume, EpochSeed, HubPushCallback
@@ -40,6 +41,7 @@ from ..module import ImageClassifier, NonFiniteLossError, restoring_from_checkpo
 from ..position_monitor import PositionMonitor
 from ..predictions import PredictionsCSV
 from ..runs import (
+    CHECKPOINTS_DIR,
     CKPT_PATH_NAMES,
     RESUMABLE_CHANGES,
     RecordRunIdentity,
@@ -131,7 +133,7 @@ class DclsCLI(LightningCLI):
         """A wrong value: one line that leads with it (exit 2), not the argument parser's usage dump."""
         subcommand = self.config.get("subcommand") if getattr(self, "config", None) else None
         command = f"dcls-zoo {subcommand}" if subcommand else "dcls-zoo"
-        print(f"{command}: error: {message}\n({command} --help lists the options)", file=sys.stderr)
+        print(f"{command}: error: {message} ({command} --help lists the options)", file=sys.stderr)
         raise SystemExit(2)
 
     def _this_configs_runs(self, experiment: Path) -> tuple[list[Path], list[str]]:
@@ -174,6 +176,15 @@ class DclsCLI(LightningCLI):
                        f"before one was written?){older}; pass the checkpoint's path to use another run")
         print(f"dcls-zoo {subcommand}: --ckpt_path {name} is {path}", file=sys.stderr)
         config.ckpt_path = str(path)
+
+    def _check_run_folder(self) -> None:
+        """Where the run will write, checked now: a ``checkpoints`` link to nowhere would stop the
+        fit at its first checkpoint with a bare ``FileExistsError``."""
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
+        folder = Path(log_dir or self.trainer.default_root_dir).absolute() / CHECKPOINTS_DIR
+        if folder.is_symlink() and not folder.exists():
+            self._fail(f"{folder} is a symbolic link to {os.readlink(folder)}, which does not exist: create that "
+                       "folder (e.g. on the disk the link points to) or remove the link")
 
     def _check_resume(self, ckpt_path: str, checkpoint: Any) -> None:
         """``fit --ckpt_path``: continue that run only with the settings it was made with, and only
@@ -298,6 +309,7 @@ class DclsCLI(LightningCLI):
             # everything a fit checks before training has passed: say what the run would be, and stop
             print(f"{DRY_RUN_PREFIX}{json.dumps(self._identity.to_json(), sort_keys=True)}", flush=True)
             raise SystemExit(0)
+        self._check_run_folder()
         self.trainer.callbacks.append(RecordRunIdentity(self._identity))
         self._fit_started = time.perf_counter()
         resume = next((c for c in self.trainer.callbacks if isinstance(c, CSVMetricsResume)), None)
@@ -339,6 +351,15 @@ def _first_cause(error: BaseException) -> str:
 
 
 
+def _own_message(error: BaseException) -> str:
+    """An error's own message: a DataLoader worker's error comes back wrapped in the worker's
+    traceback text, whose last line is ``"<Type>: <message>"``."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(error).__name__
+    prefix = f"{type(error).__name__}: "
+    return last.split(prefix, 1)[1] if prefix in last else last
+
+
 def _close_process_group() -> None:
     """Tear down a DDP process group Lightning left open: exiting with live gloo threads can abort
     the process ("terminate called without an active exception") after a successful run."""
@@ -369,8 +390,11 @@ def run(arguments: list[str] | None) -> int:
     except NonFiniteLossError as error:
         print(f"dcls-zoo {name}: stopped: {error}", file=sys.stderr)
         return 1
+    except DclsZooError as error:  # e.g. an unreadable image, raised in a DataLoader worker
+        print(f"dcls-zoo {name}: error: {_own_message(error)}", file=sys.stderr)
+        return 1
     except MisconfigurationException as error:  # raised once the Trainer runs, e.g. a callback that needs a logger
-        print(f"dcls-zoo {name}: error: {error}\n(dcls-zoo {name} --help lists the options)", file=sys.stderr)
+        print(f"dcls-zoo {name}: error: {error} (dcls-zoo {name} --help lists the options)", file=sys.stderr)
         return 2
     finally:
         _close_process_group()

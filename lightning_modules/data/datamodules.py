@@ -24,17 +24,27 @@ import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
+from dcls_zoo.errors import DclsZooError
+
 from .fashion_mnist import CLASS_NAMES, find_idx_files, load_embedded, load_idx_split, read_idx_header, stratified_split
 from .sampling import ResumableDataLoader, SeededShuffleSampler
 from .transforms import posterize_defined_for_zero_bits
 
-__all__ = ["FashionMNISTDataModule", "ImageFolderDataModule", "SyntheticDataModule", "TensorImageDataset"]
+__all__ = [
+    "FashionMNISTDataModule",
+    "ImageFolderDataModule",
+    "SyntheticDataModule",
+    "TensorImageDataset",
+    "UnreadableImageError",
+    "load_image",
+]
 
 
 _FASHION_SIDE = 28  # Fashion-MNIST images are _FASHION_SIDE x _FASHION_SIDE
@@ -81,6 +91,23 @@ class TensorImageDataset(Dataset):
             if torch.rand(()) < 0.5:
                 x = x.flip(-1)
         return (x.float() - self.offset) / self.scale, self.labels[index]
+
+
+class UnreadableImageError(DclsZooError, ValueError):
+    """An image file the data cannot decode (the message names it)."""
+
+
+def load_image(path: str) -> Image.Image:
+    """An image file as RGB (torchvision's default loader), or :class:`UnreadableImageError` naming the
+    file: a truncated or corrupt JPEG in a class folder is one line, not a worker's traceback."""
+    try:
+        with open(path, "rb") as file:
+            image = Image.open(file)
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's decode errors (UnidentifiedImageError is an OSError)
+        raise UnreadableImageError(
+            f"{path} is not a readable image ({type(error).__name__}: {error}); remove or replace it"
+        ) from None
 
 
 def _available_cores() -> int:
@@ -438,9 +465,10 @@ class ImageFolderDataModule(_ImageDataModule):
             raise FileNotFoundError(f"{arg}: {path} has no class folders ({e})") from e
 
     def _build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
-        train = ImageFolder(str(self.split_dirs["train"]), transform=self.train_transform)
-        val = ImageFolder(str(self.split_dirs["val"]), transform=self.eval_transform)
-        test = val if self.split_dirs["test"] == self.split_dirs["val"] else ImageFolder(str(self.split_dirs["test"]), transform=self.eval_transform)
+        train = ImageFolder(str(self.split_dirs["train"]), transform=self.train_transform, loader=load_image)
+        val = ImageFolder(str(self.split_dirs["val"]), transform=self.eval_transform, loader=load_image)
+        test = val if self.split_dirs["test"] == self.split_dirs["val"] else ImageFolder(
+            str(self.split_dirs["test"]), transform=self.eval_transform, loader=load_image)
         return train, val, test
 
 
