@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,3 +132,22 @@ def test_a_whole_model_compiles_to_one_graph_and_trains_like_eager():
         compiled = _compiled_training_matches_eager(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 3]))
     positions = dcls_zoo.position_parameters(compiled)
     assert len(positions) == 8 and all(p.grad is not None for p in positions)  # P and SIG of 4 stages
+
+
+def test_the_compiled_benchmark_counts_graphs_and_breaks(monkeypatch):
+    """benchmarks/compiled.py reports each compilation's graphs and graph breaks: its counts are
+    dynamo's, for a function with one break and one without."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from compiled import compile_first_call
+
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        y = x + 1
+        torch._dynamo.graph_break()
+        return y * 2
+
+    broken_compiled = torch.compile(broken, backend="eager")
+    whole = torch.compile(lambda x: x * 2 + 1, backend="eager")
+    first = compile_first_call(lambda: broken_compiled(torch.ones(2)))
+    assert (first.graphs, first.breaks) == (2, 1) and first.seconds > 0
+    first = compile_first_call(lambda: whole(torch.ones(2)))
+    assert (first.graphs, first.breaks) == (1, 0)
