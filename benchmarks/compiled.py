@@ -11,7 +11,8 @@ models and between modes come from the same minutes of the machine:
 * compilation: the seconds of the first compiled call (tracing, inductor's code generation and
   its compiler, and the call itself), and how many graphs dynamo made and where it broke them.
   A model that breaks its graph or recompiles pays for it here; the timed rounds then count
-  any graph compiled while they ran (recompilation), which must be none.
+  any graph compiled while they ran (recompilation), which must be none. The compilation
+  caches start empty (a new inductor and Triton cache directory per run).
 
 The DCLS models get their positions spread over the whole window, as in a trained model.
 Compiled DCLS layers run their default convolution paths: measured CPU variant choices
@@ -26,7 +27,11 @@ Compiled DCLS layers run their default convolution paths: measured CPU variant c
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -79,6 +84,16 @@ class Compilation:
     seconds: float
     graphs: int
     breaks: int
+
+
+def use_cold_compile_cache() -> None:
+    """Point inductor (and Triton) at a new, empty cache directory for the rest of this process,
+    so that first compiled calls are timed cold, as a user's first run is. Inductor reads the
+    variables at each compilation (importing timm already fixed them to the default cache)."""
+    directory = tempfile.mkdtemp(prefix="dcls_zoo_compiled_")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = directory
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(directory, "triton")
 
 
 def synchronize(device: torch.device) -> None:
@@ -174,6 +189,8 @@ def side_by_side(settings: Settings, compiled: bool = True, out=sys.stdout) -> d
     compiled functions are then compiled one by one (a line each), and all functions, eager and
     compiled, are timed again together for the final table.
     """
+    if compiled:
+        use_cold_compile_cache()
     device, dtype = settings.device, PRECISIONS[settings.precision]
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
     torch.manual_seed(0)
@@ -222,7 +239,7 @@ def side_by_side(settings: Settings, compiled: bool = True, out=sys.stdout) -> d
     infer_seconds = interleaved_best_seconds(infer, settings.repeats)
     recompiled = _dynamo_counts()[0] - graphs_before
 
-    print(f"\nEager and compiled (torch.compile, inductor, default mode), {settings.describe()}; DCLS "
+    print(f"\nEager and compiled (torch.compile, inductor, default mode, cold cache), {settings.describe()}; DCLS "
           "inference fused. Ratios: the baseline's time in the same mode / the model's (higher is better); "
           "compiled speed-up: eager time / compiled time of the same model.\n", file=out)
     header = ("| model | mode | training s/step | vs " + baseline + " | compiled speed-up | inference s/batch | vs "

@@ -64,7 +64,8 @@ OUT_DIR=${1:-${OUT:-logs/device_check/$(date -u +%Y%m%d-%H%M%S)}}
 mkdir -p "$OUT_DIR" || exit 2
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 echo "device_check: writing into $OUT_DIR" >&2
-# Compilation times are reported cold: inductor and Triton start from an empty cache every check.
+# The tests compile too: from an empty cache every check, so that a rerun behaves as the first
+# (the benchmark gives itself a new cache anyway, to time cold compilations).
 TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)
 TRITON_CACHE_DIR="$TORCHINDUCTOR_CACHE_DIR/triton"
 export TORCHINDUCTOR_CACHE_DIR TRITON_CACHE_DIR PYTHONUNBUFFERED=1
