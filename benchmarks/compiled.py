@@ -181,6 +181,40 @@ def _ratio(base: float, value: float) -> str:
     return f"{base / value:.2f}x"
 
 
+def _print_eager_table(settings: Settings, train: dict[str, float], infer: dict[str, float], out) -> None:
+    baseline = settings.models[0]
+    print(f"Eager, {settings.describe()}; DCLS inference fused.\n", file=out)
+    print(f"| model | training s/step | vs {baseline} | inference s/batch | vs {baseline} |", file=out)
+    print("|---|---:|---:|---:|---:|", file=out)
+    for name in settings.models:
+        print(f"| {name} | {train[name]:.4f} | {_ratio(train[baseline], train[name])} | "
+              f"{infer[name]:.4f} | {_ratio(infer[baseline], infer[name])} |", file=out, flush=True)
+
+
+def _print_side_by_side_table(settings: Settings, train: dict[str, float], infer: dict[str, float],
+                              compilations: dict[str, Compilation], out) -> None:
+    baseline = settings.models[0]
+    print(f"\nEager and compiled (torch.compile, inductor, default mode, cold cache), {settings.describe()}; DCLS "
+          "inference fused. Ratios: the baseline's time in the same mode / the model's (higher is better); "
+          "compiled speed-up: eager time / compiled time of the same model.\n", file=out)
+    print(f"| model | mode | training s/step | vs {baseline} | compiled speed-up | inference s/batch | vs {baseline} | "
+          "compiled speed-up | first compiled call s (training / inference) | graphs, breaks |", file=out)
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|", file=out)
+    for mode in ("eager", "compiled"):
+        for name in settings.models:
+            row, base = (name, baseline) if mode == "eager" else (f"{name} (compiled)", f"{baseline} (compiled)")
+            cells = [name, mode, f"{train[row]:.4f}", _ratio(train[base], train[row]),
+                     "-" if mode == "eager" else _ratio(train[name], train[row]),
+                     f"{infer[row]:.4f}", _ratio(infer[base], infer[row]),
+                     "-" if mode == "eager" else _ratio(infer[name], infer[row])]
+            if mode == "eager":
+                cells += ["-", "-"]
+            else:
+                t, i = compilations[f"{name} training"], compilations[f"{name} inference"]
+                cells += [f"{t.seconds:.1f} / {i.seconds:.1f}", f"{t.graphs + i.graphs}, {t.breaks + i.breaks}"]
+            print("| " + " | ".join(cells) + " |", file=out)
+
+
 def side_by_side(settings: Settings, compiled: bool = True, out=sys.stdout) -> dict[str, dict[str, float]]:
     """Measure every model eager (and compiled), print the Markdown tables to ``out``; returns
     ``{"train" | "infer": {row name: seconds}}``.
@@ -197,7 +231,6 @@ def side_by_side(settings: Settings, compiled: bool = True, out=sys.stdout) -> d
     images = torch.randn(settings.batch, 3, settings.size, settings.size, device=device)
     images = images.contiguous(memory_format=memory_format)
     labels = torch.randint(0, NUM_CLASSES, (settings.batch,), device=device)
-    baseline = settings.models[0]
     print(f"Machine: {machine_description(device)}.\n", file=out, flush=True)
 
     print("  building models ...", file=sys.stderr, flush=True)
@@ -207,17 +240,12 @@ def side_by_side(settings: Settings, compiled: bool = True, out=sys.stdout) -> d
     infer = {name: inference(fused[name], fused[name], images, dtype) for name in models}
 
     print("  eager ...", file=sys.stderr, flush=True)
-    eager_train = interleaved_best_seconds(train, settings.repeats)
-    eager_infer = interleaved_best_seconds(infer, settings.repeats)
-    print(f"Eager, {settings.describe()}; DCLS inference fused.\n", file=out)
-    print("| model | training s/step | vs " + baseline + " | inference s/batch | vs " + baseline + " |", file=out)
-    print("|---|---:|---:|---:|---:|", file=out)
-    for name in models:
-        print(f"| {name} | {eager_train[name]:.4f} | {_ratio(eager_train[baseline], eager_train[name])} | "
-              f"{eager_infer[name]:.4f} | {_ratio(eager_infer[baseline], eager_infer[name])} |", file=out, flush=True)
+    eager = {"train": interleaved_best_seconds(train, settings.repeats),
+             "infer": interleaved_best_seconds(infer, settings.repeats)}
+    _print_eager_table(settings, eager["train"], eager["infer"], out)
     if not compiled:
         _print_peak_memory(train, device, out)
-        return {"train": eager_train, "infer": eager_infer}
+        return eager
 
     compilations: dict[str, Compilation] = {}
     for name, model in models.items():
@@ -226,43 +254,20 @@ def side_by_side(settings: Settings, compiled: bool = True, out=sys.stdout) -> d
             ("inference", inference(fused[name], torch.compile(fused[name]), images, dtype)),
         ):
             print(f"  compiling {name} {kind} ...", file=sys.stderr, flush=True)
-            key = f"{name} {kind}"
-            compilations[key] = compile_first_call(function)
+            compilation = compilations[f"{name} {kind}"] = compile_first_call(function)
             (train if kind == "training" else infer)[f"{name} (compiled)"] = function
-            c = compilations[key]
-            print(f"\nCompiled {key}: first call {c.seconds:.1f} s, {c.graphs} graph(s), {c.breaks} graph break(s).",
-                  file=out, flush=True)
+            print(f"\nCompiled {name} {kind}: first call {compilation.seconds:.1f} s, {compilation.graphs} graph(s), "
+                  f"{compilation.breaks} graph break(s).", file=out, flush=True)
 
     print("  eager and compiled, interleaved ...", file=sys.stderr, flush=True)
     graphs_before, _ = _dynamo_counts()
-    train_seconds = interleaved_best_seconds(train, settings.repeats)
-    infer_seconds = interleaved_best_seconds(infer, settings.repeats)
+    seconds = {"train": interleaved_best_seconds(train, settings.repeats),
+               "infer": interleaved_best_seconds(infer, settings.repeats)}
     recompiled = _dynamo_counts()[0] - graphs_before
-
-    print(f"\nEager and compiled (torch.compile, inductor, default mode, cold cache), {settings.describe()}; DCLS "
-          "inference fused. Ratios: the baseline's time in the same mode / the model's (higher is better); "
-          "compiled speed-up: eager time / compiled time of the same model.\n", file=out)
-    header = ("| model | mode | training s/step | vs " + baseline + " | compiled speed-up | inference s/batch | vs "
-              + baseline + " | compiled speed-up | first compiled call s (training / inference) | graphs, breaks |")
-    print(header, file=out)
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|", file=out)
-    for mode in ("eager", "compiled"):
-        for name in models:
-            row = name if mode == "eager" else f"{name} (compiled)"
-            base = baseline if mode == "eager" else f"{baseline} (compiled)"
-            cells = [name, mode, f"{train_seconds[row]:.4f}", _ratio(train_seconds[base], train_seconds[row]),
-                     "-" if mode == "eager" else _ratio(train_seconds[name], train_seconds[row]),
-                     f"{infer_seconds[row]:.4f}", _ratio(infer_seconds[base], infer_seconds[row]),
-                     "-" if mode == "eager" else _ratio(infer_seconds[name], infer_seconds[row])]
-            if mode == "eager":
-                cells += ["-", "-"]
-            else:
-                t, i = compilations[f"{name} training"], compilations[f"{name} inference"]
-                cells += [f"{t.seconds:.1f} / {i.seconds:.1f}", f"{t.graphs + i.graphs}, {t.breaks + i.breaks}"]
-            print("| " + " | ".join(cells) + " |", file=out)
+    _print_side_by_side_table(settings, seconds["train"], seconds["infer"], compilations, out)
     print(f"\nGraphs compiled during the timed rounds (recompilations): {recompiled}.", file=out, flush=True)
     _print_peak_memory(train, device, out)
-    return {"train": train_seconds, "infer": infer_seconds}
+    return seconds
 
 
 def add_shape_arguments(parser: argparse.ArgumentParser, batch: int, precision: str, channels_last: bool) -> None:
