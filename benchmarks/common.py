@@ -37,6 +37,7 @@ __all__ = [
     "TensorMemoryTracker",
     "peak_memory_bytes",
     "best_time_seconds",
+    "interleaved_best_seconds",
     "check_memory_tracker",
     "machine_description",
 ]
@@ -160,6 +161,24 @@ def best_time_seconds(
         for _ in range(calls):
             fn()
         best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def interleaved_best_seconds(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best seconds per call of each function, calling them in turn ``repeats`` times, every other
+    round in reverse order: what one step leaves behind (caches, freed pages) can slow the next,
+    so no function always runs after the same other one. Each is called once first, untimed
+    (allocator, oneDNN primitive caches, kernel caches, compilation)."""
+    for function in functions.values():
+        function()
+    best = {name: math.inf for name in functions}
+    names = list(functions)
+    for round_index in range(repeats):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            function = functions[name]
+            start = time.perf_counter()
+            function()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 

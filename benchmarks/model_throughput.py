@@ -25,7 +25,15 @@ trained-like models.
 Ratios are ConvNeXt-T time / model time (higher is better) and model memory / ConvNeXt-T memory.
 ``--profile`` adds the top operators of one training step of each model.
 
-    python benchmarks/model_throughput.py [--quick] [--threads N] [--repeats N] [--profile] [--device cuda]
+``--compile`` adds, after that report, every model eager and compiled (``torch.compile``,
+inductor) side by side in one interleaved set, with each compilation's seconds, graphs and graph
+breaks (:mod:`compiled`). ``--device cuda`` measures what GPUs train: bf16 autocast, channels_last,
+batch 64 (``--batch``), training and fused inference of the three models (eager; with
+``--compile`` also compiled) and the CUDA allocator's peak training memory; the CPU-specific
+sections (measured variant choices, fresh positions, the oneDNN floor) are left out there.
+
+    python benchmarks/model_throughput.py [--quick] [--threads N] [--repeats N] [--profile] [--compile]
+    python benchmarks/model_throughput.py --device cuda [--compile] [--batch 64] [--repeats N]
 """
 
 from __future__ import annotations
@@ -33,7 +41,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,9 +57,11 @@ from common import (  # noqa: E402
     add_run_arguments,
     apply_run_arguments,
     best_time_seconds,
+    interleaved_best_seconds,
     machine_description,
     peak_memory_bytes,
 )
+from compiled import Settings, side_by_side  # noqa: E402
 
 BASELINE = "convnext_tiny"
 TRAINED = ("convnext_dcls_tiny", "convnext_dcls_gauss_tiny")
@@ -60,6 +69,7 @@ FRESH = "convnext_dcls_tiny (fresh)"
 DEFAULT_PATHS = {"convnext_dcls_tiny (default paths)": "convnext_dcls_tiny",
                  "convnext_dcls_tiny (fresh, default paths)": FRESH}
 BATCH, SIZE = 8, 224
+CUDA_BATCH = 64  # a GPU's share of a real batch (the paper: 4096 over 32 GPUs = 128) that keeps it busy
 TARGETS = {"convnext_dcls_tiny": 1.0, "convnext_dcls_gauss_tiny": 0.95, "fused convnext_dcls_tiny": 0.95}
 
 
@@ -209,23 +219,6 @@ def _synchronize(tensor: torch.Tensor) -> None:
         torch.cuda.synchronize()
 
 
-def _interleaved_best(functions: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Best seconds per call of each function, calling them in turn ``repeats`` times, every other
-    round in reverse order: what one step leaves behind (caches, freed pages) can slow the next,
-    so no function always runs after the same other one."""
-    for function in functions.values():
-        function()  # warm-up: allocator, oneDNN primitive caches, kernel caches
-    best = {name: float("inf") for name in functions}
-    names = list(functions)
-    for round_index in range(repeats):
-        for name in names if round_index % 2 == 0 else names[::-1]:
-            function = functions[name]
-            start = time.perf_counter()
-            function()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def _profile(name: str, step: Callable[[], None]) -> None:
     from torch.profiler import profile
 
@@ -238,9 +231,27 @@ def _profile(name: str, step: Callable[[], None]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_run_arguments(parser, default_threads=torch.get_num_threads())  # --quick also skips memory
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="CPU: the top operators of one training step")
+    parser.add_argument("--compile", action="store_true",
+                        help="also every model compiled with torch.compile (inductor), side by side with eager")
+    parser.add_argument("--batch", type=int, default=None,
+                        help=f"--device cuda only: images per step (default {CUDA_BATCH}); the CPU report runs {BATCH}")
     args = parser.parse_args()
+    cuda = torch.device(args.device).type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False)")
+    if not cuda and args.batch is not None:
+        parser.error(f"--batch applies to --device cuda; the CPU report runs batch {BATCH} "
+                     "(benchmarks/compiled.py takes any batch on the CPU)")
+    if cuda and args.profile:
+        parser.error("--profile applies to the CPU report")
+    if args.batch is not None and args.batch < 1:
+        parser.error(f"--batch must be >= 1, got {args.batch}")
     device, repeats = apply_run_arguments(args)
+    if cuda:
+        settings = Settings((BASELINE, *TRAINED), device, args.batch or CUDA_BATCH, SIZE, "bf16", True, repeats)
+        side_by_side(settings, compiled=args.compile)
+        return
     images = torch.randn(BATCH, 3, SIZE, SIZE, device=device)
     labels = torch.randint(0, 1000, (BATCH,), device=device)
 
@@ -255,7 +266,7 @@ def main() -> None:
     steps = {name: _training_step(model, images, labels) for name, model in models.items()}
     for name, source in DEFAULT_PATHS.items():  # same model, same optimizer, other paths
         steps[name] = _without_autotune(steps[source])
-    train = _interleaved_best(steps, repeats)
+    train = interleaved_best_seconds(steps, repeats)
 
     print("  inference ...", file=sys.stderr, flush=True)
     fused = dcls_zoo.fuse(models["convnext_dcls_tiny"])
@@ -264,7 +275,7 @@ def main() -> None:
         "convnext_dcls_tiny": _inference(models["convnext_dcls_tiny"], images),
         "fused convnext_dcls_tiny": _inference(fused, images),
     }
-    infer = _interleaved_best(forwards, repeats)
+    infer = interleaved_best_seconds(forwards, repeats)
 
     print("  depthwise layers alone ...", file=sys.stderr, flush=True)
     layers = _layer_report(models, images, repeats, train, infer)
@@ -302,6 +313,11 @@ def main() -> None:
     if args.profile:
         for name in (BASELINE, "convnext_dcls_tiny"):
             _profile(name, steps[name])
+    if args.compile:
+        del models, steps, forwards, fused  # the compiled run builds its own
+        print("\n  compiled, side by side with eager ...", file=sys.stderr, flush=True)
+        print()
+        side_by_side(Settings((BASELINE, *TRAINED), device, BATCH, SIZE, "fp32", False, repeats), compiled=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ backend from :data:`BACKENDS`, the first in order whose ``supports(call)`` has n
 - ``"implicit_gemm"``: the optional ``depthwise_conv2d_implicit_gemm`` CUDA extension (used only
   when it imports and its constraints hold: CUDA, fp32/fp16, depthwise 2D, stride 1, "same"
   padding of an odd window). Its absence is the normal case and costs one failed import.
+  ``"auto"`` passes it over while ``torch.compile`` traces: its kernels are not torch ops, so
+  the graph would break at every layer (the compiled graph convolves natively instead).
 - ``"cpu_depthwise"``: depthwise convolutions on the CPU. oneDNN's forward is fast only in
   channels_last, and its weight gradient for large windows falls back to a slow im2col GEMM;
   this backend runs the forward and the input gradient in channels_last and computes the weight
@@ -103,9 +105,14 @@ class ConvCall:
 
 
 class _Backend:
-    """A way to run a convolution: ``supports(call)`` returns ``None`` or why not; ``run`` runs it."""
+    """A way to run a convolution: ``supports(call)`` returns ``None`` or why not; ``run`` runs it.
+
+    ``traceable``: whether ``torch.compile`` can trace ``run`` into its graph (``"auto"`` picks
+    only traceable backends while compiling).
+    """
 
     name: str
+    traceable: bool = True
 
     def supports(self, call: ConvCall) -> str | None:
         raise NotImplementedError
@@ -228,7 +235,10 @@ def _variant(pass_name: str, input: Tensor, window: Sequence[int], stride: tuple
              run: Callable[[str], object], names: Sequence[str]) -> str:
     """The fastest of the exact variants ``names`` of one pass (``run(name)`` runs one) for this
     call's shape, by :func:`dcls_zoo.autotune.choose`; the first name is the default path."""
-    if not autotune.active():  # the usual case: the hot path builds no candidates
+    # Nothing is measured while torch.compile/export traces (autotune's rule), and not even a
+    # recorded choice is looked up: its key reads the thread count and its table is behind a
+    # lock, both of which would break the graph at every depthwise layer.
+    if is_compiling() or not autotune.active():  # the usual case: the hot path builds no candidates
         return names[0]
     key = (pass_name, tuple(input.shape), input.dtype, tuple(input.stride()), tuple(window), stride, padding,
            torch.get_num_threads())
@@ -340,6 +350,7 @@ class _ImplicitGemmBackend(_Backend):
     """The optional ``depthwise_conv2d_implicit_gemm`` extension (never required, never vendored)."""
 
     name = "implicit_gemm"
+    traceable = False  # importing it, and its pybind kernels, are opaque to dynamo: graph breaks
     _module: object | None = None
     _import_error: str | None = None
 
@@ -407,7 +418,8 @@ def use_backend(name: str) -> contextlib.AbstractContextManager:
 
 def select_backend(call: ConvCall, requested: str = "auto") -> _Backend:
     """The backend that runs ``call``: ``requested`` if given (it must support the call), else the
-    one in force, else the first of :data:`BACKENDS` that supports it."""
+    one in force, else the first of :data:`BACKENDS` that supports it (and, while ``torch.compile``
+    traces, that it can trace)."""
     name = requested if requested != "auto" else get_backend()
     if name != "auto":
         backend = BACKENDS[_check_name(name)]
@@ -415,7 +427,9 @@ def select_backend(call: ConvCall, requested: str = "auto") -> _Backend:
         if reason is not None:
             raise ValueError(f"backend {name!r} cannot run this convolution: {reason}")
         return backend
-    return next(backend for backend in BACKENDS.values() if backend.supports(call) is None)
+    compiling = is_compiling()
+    return next(backend for backend in BACKENDS.values()
+                if (backend.traceable or not compiling) and backend.supports(call) is None)
 
 
 def may_read_host(tensor: Tensor) -> bool:

@@ -179,6 +179,9 @@ def dcls_geometry(
     """Check and normalise the non-tensor arguments of :func:`dcls_conv` (memoised: a layer's
     already normalised arguments cost one dictionary look-up)."""
     args = (dilated_kernel_size, stride, padding, groups, padding_mode, version, learned_axes)
+    if is_compiling():
+        # Dynamo evaluates this once, while tracing, and warns about an lru_cache it steps over.
+        return _geometry(dims, *args)
     for candidate in (args, tuple(_frozen(a) for a in args)):
         try:
             return _memoised_geometry(_types(candidate), dims, *candidate)

@@ -185,6 +185,18 @@ def test_missing_extension_costs_nothing_and_says_why(monkeypatch):
     assert "not importable" in BACKENDS["implicit_gemm"].supports(_call())
 
 
+def test_auto_passes_over_the_extension_while_compiling(fake_implicit_gemm):
+    """Importing the extension and calling its kernels would break a compiled graph at every
+    layer: while dynamo traces, "auto" convolves natively; eager calls still get the extension."""
+
+    def native_chosen(x: torch.Tensor) -> torch.Tensor:
+        return x + (select_backend(_call()) is BACKENDS["native"])
+
+    assert torch.compile(native_chosen, backend="eager", fullgraph=True)(torch.zeros(1)).item() == 1
+    assert select_backend(_call()) is BACKENDS["implicit_gemm"]
+    assert select_backend(_call(), "implicit_gemm") is BACKENDS["implicit_gemm"]  # asked for by name
+
+
 def test_dispatch_picks_per_call():
     depthwise = ConvCall.describe(torch.randn(1, 4, 8, 8), torch.randn(4, 1, 3, 3), 4, (1, 1), ((1, 1), (1, 1)), "zeros")
     dense = ConvCall.describe(torch.randn(1, 4, 8, 8), torch.randn(6, 4, 3, 3), 1, (1, 1), ((1, 1), (1, 1)), "zeros")

@@ -88,6 +88,7 @@ def test_bf16_autocast_trains_a_whole_model(arch):
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_autocast_dispatch(dtype):
