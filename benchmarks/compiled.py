@@ -43,14 +43,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import MIB, add_run_arguments, apply_run_arguments, interleaved_best_seconds, machine_description  # noqa: E402
+
 import dcls_zoo  # noqa: E402
-from common import (  # noqa: E402
-    MIB,
-    add_run_arguments,
-    apply_run_arguments,
-    interleaved_best_seconds,
-    machine_description,
-)
 
 DEFAULT_MODELS = ("convnext_tiny", "convnext_dcls_tiny")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -106,7 +101,7 @@ def build_model(name: str, settings: Settings) -> nn.Module:
     with DCLS positions spread over their windows as after training."""
     if name in dcls_zoo.list_models():
         model = dcls_zoo.create_model(name, num_classes=NUM_CLASSES)
-        dcls_zoo.spread_model_positions_(model)  # a no-op for the plain models dcls_zoo registers
+        dcls_zoo.positions.spread_model_positions_(model)  # a no-op for the plain models dcls_zoo registers
     else:
         model = timm.create_model(name, num_classes=NUM_CLASSES)
     memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format

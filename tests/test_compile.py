@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import dcls_zoo
-from dcls_zoo import Dcls2d, SharedPositions
+from dcls_zoo import Dcls2d
+from dcls_zoo.shared import SharedPositions
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -84,7 +85,7 @@ class _TwoLayers(nn.Module):
 def test_inductor_gives_the_eager_gradients_of_positions_and_widths(version):
     torch.manual_seed(0)
     eager = _TwoLayers(version)
-    dcls_zoo.spread_model_positions_(eager)
+    dcls_zoo.positions.spread_model_positions_(eager)
     compiled_model = copy.deepcopy(eager)
     compiled = torch.compile(compiled_model, fullgraph=True)  # inductor
     x = torch.randn(2, 6, 12, 12)
@@ -117,7 +118,7 @@ def test_layers_compile_to_one_graph_and_train_like_eager(autotune):
     graph at every depthwise layer (a thread-count read and a lock in the lookup)."""
     torch.manual_seed(0)
     model = _Classifier("gauss")
-    dcls_zoo.spread_model_positions_(model)
+    dcls_zoo.positions.spread_model_positions_(model)
     with dcls_zoo.use_autotune(autotune):
         compiled = _compiled_training_matches_eager(model, torch.randn(2, 6, 12, 12), torch.tensor([0, 3]))
     assert compiled.layers.shared.P.grad is not None and compiled.layers.shared.SIG.grad is not None
@@ -127,7 +128,7 @@ def test_layers_compile_to_one_graph_and_train_like_eager(autotune):
 def test_a_whole_model_compiles_to_one_graph_and_trains_like_eager():
     torch.manual_seed(0)
     model = dcls_zoo.create_model("convnext_dcls_atto", num_classes=4, dcls_version="gauss", dcls_kernel_count=8)
-    dcls_zoo.spread_model_positions_(model)
+    dcls_zoo.positions.spread_model_positions_(model)
     with dcls_zoo.use_autotune(True):  # as configs/presets/cpu.yaml trains
         compiled = _compiled_training_matches_eager(model, torch.randn(2, 3, 32, 32), torch.tensor([0, 3]))
     positions = dcls_zoo.position_parameters(compiled)

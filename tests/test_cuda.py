@@ -117,7 +117,7 @@ def _spread(module: nn.Module) -> nn.Module:
     """Positions all over the window and widths off their initial value, as trained (seeded by
     the caller's torch.manual_seed): triangle's ``|SIG|`` starts at 0, where it has no gradient."""
     with torch.no_grad():
-        dcls_zoo.spread_model_positions_(module)
+        dcls_zoo.positions.spread_model_positions_(module)
         for name, parameter in module.named_parameters():
             if name.rpartition(".")[2] == "SIG":
                 parameter.uniform_(0.1, 1.0)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from helpers import QUICKSTART, point_hub_client_at
 from PIL import Image
