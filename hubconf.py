@@ -19,8 +19,9 @@ dependencies = ["torch", "timm", "huggingface_hub", "safetensors"]
 
 import textwrap as _textwrap  # noqa: E402  (after `dependencies`, torch.hub's convention)
 
-import dcls_zoo as _dcls_zoo  # noqa: E402
 import timm as _timm  # noqa: E402
+
+import dcls_zoo as _dcls_zoo  # noqa: E402
 from dcls_zoo.weights.table import describe_weights as _describe_weights  # noqa: E402
 
 _COMMON_ARGS = """
@@ -59,6 +60,15 @@ def _entrypoint(name: str):
     )
     entrypoint.__doc__ = summary + "\n" + _COMMON_ARGS.format(weights=weights, name=name)
     return entrypoint
+
+
+def create_model(name, pretrained=False, **kwargs):
+    """Any model dcls-zoo can build, by name or source: ``dcls_zoo.create_model(name, ...)``.
+
+    ``torch.hub.load(repo, "create_model", "hf-hub:org/name", pretrained=True)`` loads a pushed export
+    (sha256-checked), ``"local-dir:/path"`` a saved one, ``"convnext_dcls_tiny.in1k"`` a tag.
+    """
+    return _dcls_zoo.create_model(name, pretrained=pretrained, **kwargs)
 
 
 for _name in _dcls_zoo.list_models():

@@ -348,12 +348,12 @@ def select_weights(
             raw = checkpoint[raw_key] if raw_key else checkpoint
         if ema is True and averaged is None:
             raise ValueError(
-                "--ema: the checkpoint has no EMA weights (no WeightAveraging current_model_state, no "
-                "state_dict_ema / ema_state_dict / model_ema); use --no-ema"
+                "ema=True: the checkpoint has no EMA weights (no WeightAveraging current_model_state, no "
+                "state_dict_ema / ema_state_dict / model_ema); read its raw weights with ema=False"
             )
         if averaged is not None and (ema is not False or raw is None):
             if ema is False:
-                raise ValueError(f"--no-ema: the checkpoint holds only EMA weights ({where}); use --ema")
+                raise ValueError(f"ema=False: the checkpoint holds only EMA weights ({where}); read them with ema=True")
             chosen, where = averaged, f"EMA weights from {where}"
         else:
             chosen, where = raw, f"raw weights ({raw_key or 'the bare state dict'})"
@@ -398,7 +398,7 @@ def clean_state_dict(state: Mapping[str, Tensor], prefix: str | None = None) -> 
         prefix = best if counts[best] else ""
     kept = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not kept:
-        raise ValueError(f"no state_dict entry starts with {prefix!r}; pass --prefix")
+        raise ValueError(f"no state_dict entry starts with {prefix!r}; name the model's attribute with prefix=...")
     stripped = True
     while stripped:
         stripped = False

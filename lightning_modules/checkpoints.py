@@ -120,7 +120,7 @@ def model_from_checkpoint(
     hparams = _hyper_parameters(checkpoint)
     arch = arch or hparams.get("arch")
     if not arch or not isinstance(arch, str):
-        raise ValueError("the checkpoint names no architecture (hyper_parameters['arch']); pass --arch")
+        raise ValueError("the checkpoint names no architecture (hyper_parameters['arch']); pass arch=...")
     if arch.startswith(SOURCE_PREFIXES):
         raise ValueError(
             f"the checkpoint's architecture is {arch!r}, a download source; a model rebuilt from saved weights "

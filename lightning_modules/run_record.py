@@ -85,7 +85,9 @@ def training_record(trainer: pl.Trainer, module: pl.LightningModule, datamodule:
     """
     batch_size = getattr(datamodule, "batch_size", None)
     describe = getattr(datamodule, "describe", None)
+    pretrained = module.hparams.get("pretrained")
     record = {
+        "initial weights": f"fine-tuned from {pretrained}" if pretrained else "random initialisation",
         "data": describe() if callable(describe) else type(datamodule).__name__,
         "epochs": f"{epochs} ({steps} optimizer steps" + (f", batch {batch_size}" if batch_size else "") + ")",
         "optimizer": _optimizer_phrase(trainer, module),

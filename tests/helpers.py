@@ -75,6 +75,25 @@ TINY_FIT = short_fit()
 MULTIPLY_ADD_OPS = ("aten.convolution", "aten.addmm", "aten.mm")
 
 
+def class_folders(root: Path, classes: tuple[int, ...] = (0, 1), counts: dict[str, int] | None = None) -> Path:
+    """ImageNet-style RGB class folders (``root/{train,val,test}/<class name>/N.jpg``) made from the
+    embedded Fashion-MNIST images: the data a user fine-tunes on. ``counts``: images per class and split."""
+    from PIL import Image
+
+    from lightning_modules.data.fashion_mnist import CLASS_NAMES, load_embedded
+
+    counts = counts or {"train": 16, "val": 4, "test": 4}
+    for split, count in counts.items():
+        images, labels = load_embedded("test" if split == "test" else "train")
+        offset = {"train": 0, "val": counts["train"], "test": 0}[split]  # train and val: disjoint images
+        for label in classes:
+            folder = root / split / CLASS_NAMES[label].replace("/", "-")
+            folder.mkdir(parents=True, exist_ok=True)
+            for index, image in enumerate(images[labels == label][offset:offset + count]):
+                Image.fromarray(image).convert("RGB").save(folder / f"{index}.jpg", quality=95)
+    return root
+
+
 def counted_multiply_adds(counter: torch.utils.flop_counter.FlopCounterMode) -> float:
     """The multiply-adds of the convolutions and linear layers a ``FlopCounterMode`` saw: half its
     FLOPs of :data:`MULTIPLY_ADD_OPS` (it counts a multiply-add as two FLOPs)."""

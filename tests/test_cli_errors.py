@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import QUICK_FIT, QUICKSTART
 
 from lightning_modules.commands.main import main
@@ -107,3 +108,20 @@ def test_every_command_line_mistake_is_one_line_with_a_did_you_mean(tmp_path):
         assert mistake in lines[0] and (fix or "did you mean") in lines[0], (arguments, lines[0])
         assert "usage:" not in err and "Traceback" not in err
     assert not (tmp_path / "logs").exists()  # nothing started
+
+
+def test_library_messages_name_arguments_and_the_commands_name_flags(tmp_path, capsys):
+    """The library speaks Python (``ema=True``), ``dcls-zoo export`` speaks its flags (``--ema``)."""
+    from dcls_zoo.state_dicts import select_weights
+    from lightning_modules.commands.arguments import as_flags
+
+    raw_only = {"state_dict": {"model.w": torch.zeros(1)}}
+    with pytest.raises(ValueError, match=r"ema=True: the checkpoint has no EMA weights .*with ema=False") as info:
+        select_weights(raw_only, ema=True)
+    assert "--" not in str(info.value)
+    assert as_flags(str(info.value)).startswith("--ema: the checkpoint has no EMA weights") and "--no-ema" in as_flags(str(info.value))
+    checkpoint = tmp_path / "raw.ckpt"
+    torch.save({"state_dict": {"model.w": torch.zeros(1)}, "hyper_parameters": {"arch": "convnext_dcls_atto"}}, checkpoint)
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "out"), "--ema"]) == 1
+    err = capsys.readouterr().err
+    assert "dcls-zoo export: error: --ema: the checkpoint has no EMA weights" in err and "--no-ema" in err

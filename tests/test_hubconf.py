@@ -48,7 +48,7 @@ def _hubconf():
 
 def test_list_shows_every_registered_model(hub_dir):
     names = torch.hub.list(GITHUB, trust_repo=True, verbose=False)
-    assert sorted(names) == sorted(dcls_zoo.list_models())
+    assert sorted(names) == sorted([*dcls_zoo.list_models(), "create_model"])
     assert {"convnext_dcls_tiny", "convnext_dcls_gauss_tiny", "convnext_tiny_dil2", "convnext_tiny_k17",
             "convnext_k7_atto", "resnet50_dcls"} <= set(names)
 
@@ -56,7 +56,7 @@ def test_list_shows_every_registered_model(hub_dir):
 def test_module_exposes_only_entrypoints_and_dependencies():
     hubconf = _hubconf()
     public = {name for name in dir(hubconf) if not name.startswith("_")}
-    assert public == set(dcls_zoo.list_models()) | {"dependencies"}
+    assert public == set(dcls_zoo.list_models()) | {"dependencies", "create_model"}
     assert hubconf.dependencies == ["torch", "timm", "huggingface_hub", "safetensors"]
     for dependency in hubconf.dependencies:
         assert importlib.util.find_spec(dependency) is not None

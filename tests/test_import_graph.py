@@ -139,3 +139,22 @@ def test_rooms_import_only_rooms_below_them():
         for target in GRAPH[name]:
             assert level(target) < level(name), (name, target)
     assert max(levels.values()) >= 8  # a tower, not a flat heap of mutual imports
+
+
+def test_the_public_face_is_small_documented_and_versioned():
+    import dcls_zoo
+
+    assert dcls_zoo.__version__ and len(dcls_zoo.__all__) <= 26
+    documented = dcls_zoo.__doc__
+    assert all(f"`{name}`" in documented or name == "__version__" and "``__version__``" in documented
+               or f":func:`{name}`" in documented or f":class:`{name}`" in documented for name in dcls_zoo.__all__)
+
+
+def test_every_pretrained_config_carries_its_license():
+    import timm
+
+    import dcls_zoo
+
+    for name in dcls_zoo.list_models():
+        cfg = timm.models.get_pretrained_cfg(name)
+        assert cfg is not None and cfg.license, name

@@ -17,6 +17,7 @@ from typing import NoReturn
 
 __all__ = [
     "OneLineArgumentParser",
+    "as_flags",
     "one_line_error",
     "add_benchmark_arguments",
     "add_checkpoint_arguments",
@@ -86,6 +87,21 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         options = [option for action in self._actions for option in action.option_strings]
         print(one_line_error(self.prog, message, options), file=sys.stderr)
         raise SystemExit(2)
+
+
+#: The library's argument names (in its messages) as the project commands spell them.
+_FLAGS = ((re.compile(r"\bema=True\b"), "--ema"), (re.compile(r"\bema=False\b"), "--no-ema"),
+          (re.compile(r"\bprefix=\.\.\."), "--prefix PREFIX"), (re.compile(r"\bprefix="), "--prefix "),
+          (re.compile(r"\barch=\.\.\."), "--arch ARCH"), (re.compile(r"\barch="), "--arch "),
+          (re.compile(r"\bnum_classes=\.\.\."), "--num-classes N"), (re.compile(r"\bnum_classes="), "--num-classes "))
+
+
+def as_flags(message: str) -> str:
+    """A library message with its argument names (``ema=False``, ``prefix=...``) as the command's
+    flags (``--no-ema``, ``--prefix``): the library speaks Python, the command line speaks flags."""
+    for pattern, flag in _FLAGS:
+        message = pattern.sub(flag, message)
+    return message
 
 
 def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:

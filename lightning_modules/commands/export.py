@@ -16,6 +16,7 @@ import sys
 from dcls_zoo.errors import DclsZooError
 
 from ..checkpoints import export_checkpoint
+from .arguments import as_flags
 
 __all__ = ["run"]
 
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
             args.checkpoint, args.out, ema=args.ema, arch=args.arch, num_classes=args.num_classes, prefix=args.prefix
         )
     except (DclsZooError, ValueError, OSError) as error:  # bad input, a full disk, weights that cannot be read
-        print(f"dcls-zoo export: error: {error}", file=sys.stderr)
+        print(f"dcls-zoo export: error: {as_flags(str(error))}", file=sys.stderr)
         return 1
     print(f"read {args.checkpoint}: {notes}")
     print(f"exported to {directory} (load: dcls_zoo.create_model('local-dir:{directory}', pretrained=True))")

@@ -25,12 +25,13 @@ from dcls_zoo.errors import DclsZooError
 from dcls_zoo.hub import require_token, upload_export
 
 from ..checkpoints import export_checkpoint
+from .arguments import as_flags
 
 __all__ = ["run"]
 
 
 def _fail(message: str) -> int:
-    print(f"dcls-zoo push: error: {message}", file=sys.stderr)
+    print(f"dcls-zoo push: error: {as_flags(message)}", file=sys.stderr)
     return 1
 
 
