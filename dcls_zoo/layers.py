@@ -5,7 +5,7 @@ AXIS CONVENTION (differs from the official ``dcls`` package for 2D/3D v1, "max" 
 element along the rows (height) and ``P[1]`` along the columns (width). Positions are centred:
 ``P[i] = 0`` is index ``dilated_kernel_size[i] // 2``. The official 2D v1/max/gauss layers
 store the width first (``ours = official.flip(0)``); the official "v0" uses our order.
-:mod:`dcls_zoo.convert` (model zoo) maps checkpoints between the two.
+:mod:`dcls_zoo.weights.official` maps the authors' checkpoints between the two.
 """
 
 from __future__ import annotations

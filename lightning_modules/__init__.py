@@ -5,9 +5,10 @@ Rooms, by role:
 - the recipe (science): :mod:`.module` (:class:`ImageClassifier`), :mod:`.optim`, :mod:`.method`
   (the paper's training-time rules: :class:`ClampPositions`, :class:`SigmaSchedule`);
 - observation: :mod:`.position_monitor` (plots and statistics of the learned positions);
-- engineering: :mod:`.callbacks` (:class:`EpochSeed`, :class:`HubPushCallback`), :mod:`.run_logs`
-  (a resumed run continues its own folder), :mod:`.checkpoint_io`, :mod:`.checkpoints`,
-  :mod:`.predictions`;
+- engineering: :mod:`.callbacks` (:class:`EpochSeed`, :class:`HubPushCallback`, the metrics of a
+  resumed run), :mod:`.averaging` (the warm-up EMA), :mod:`.runs` (run folders, checkpoints,
+  ``summary.json``, what made a run), :mod:`.run_record` (a run in words, for cards),
+  :mod:`.checkpoint_io`, :mod:`.checkpoints`, :mod:`.predictions`;
 - data: :mod:`.data` (DataModules and the embedded Fashion-MNIST images);
 - the commands wing: :mod:`.commands` (``dcls-zoo`` and its subcommands).
 

@@ -81,11 +81,12 @@ def test_fit_export_push_load_finetune_push(tmp_path, fake_hub):
     export = Path(summary["export_dir"])
     _dcls_zoo("push", str(export), "--repo-id", "tester/quick", cwd=tmp_path, env=env)
 
-    # `dcls-zoo test` scores the first 4 batches of 128 held-out images; the card's recipe gets the same images raw
+    # `dcls-zoo test` scores the first 4 batches of held-out images; the card's recipe gets the same images raw
     from lightning_modules.data.fashion_mnist import load_embedded
 
     images, labels = load_embedded("test")
-    scored = _images(tmp_path / "quick_test.npz", images[:512], labels[:512])
+    count = summary["test_images"]
+    scored = _images(tmp_path / "quick_test.npz", images[:count], labels[:count])
     tested = summary["test/top1"]
     assert tested > 0.5  # a trained model, so that agreement means something
     for source in (f"local-dir:{export}", "hf-hub:tester/quick"):

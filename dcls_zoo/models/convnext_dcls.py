@@ -263,7 +263,7 @@ def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
 
 def _fallback_url(tag: str) -> str:
     # timm's cfg keeps the authors' URL (timm.list_pretrained, pretrained_cfg['url']); the Hub repo,
-    # revision and checksums live in dcls_zoo.pretrained.PRETRAINED_WEIGHTS.
+    # revision and checksums live in dcls_zoo.weights.table.PRETRAINED_WEIGHTS.
     url = PRETRAINED_WEIGHTS[tag].fallback_url
     assert url is not None
     return url

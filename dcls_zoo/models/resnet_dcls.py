@@ -153,7 +153,7 @@ def _create_resnet_dcls(variant: str, pretrained: bool = False, **kwargs: Any) -
     # flatten_sequential=False keeps each ``layerN`` one module, so its forward hooks build the
     # stage's shared footprints once per forward in features_only mode too (flattened, the
     # blocks would run without their stage and rebuild them block by block).
-    # pretrained=True resolves through dcls_zoo.pretrained (no ResNet row yet: it raises).
+    # pretrained=True resolves through dcls_zoo.weights.pretrained (no ResNet row yet: it raises).
     return build_model_with_weights(
         ResNetDcls, variant, pretrained, feature_cfg=dict(flatten_sequential=False), **kwargs
     )

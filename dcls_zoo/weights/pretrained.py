@@ -289,7 +289,7 @@ def load_pretrained_state_dict(
     """``name``'s pretrained weights as a state dict in our layout (see :func:`fetch_pretrained`).
 
     The authors' files are read with ``weights_only=True`` (a file with other objects raises
-    ``ValueError``) and converted by :func:`dcls_zoo.convert.convert_official_checkpoint`.
+    ``ValueError``) and converted by :func:`dcls_zoo.weights.official.convert_official_checkpoint`.
     """
     key, _ = get_pretrained_weights(name)
     weights = fetch_pretrained(key, revision=revision, url=url, cache_dir=cache_dir, progress=progress)

@@ -114,6 +114,7 @@ class DclsCLI(LightningCLI):
       a command-line error naming it, before any training.
     """
 
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")
@@ -212,6 +213,7 @@ class DclsCLI(LightningCLI):
             self._fail(f"--ckpt_path {ckpt_path}: that run already finished its {max_epochs} epochs: resuming would "
                        f"train nothing and rewrite its test results and export; {new_run}")
 
+    @override
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
         if subcommand:
@@ -232,6 +234,7 @@ class DclsCLI(LightningCLI):
                 self._resumed_at_step = checkpoint.get("global_step")
         super()._parse_ckpt_path()
 
+    @override
     def before_instantiate_classes(self) -> None:
         """Point the file loggers at the checkpoint's run folder (see the module's docstring)."""
         config = self.config[self.subcommand]
@@ -251,6 +254,7 @@ class DclsCLI(LightningCLI):
         for entry in loggers:  # test / validate / predict: <run>/<command>/<checkpoint stem>/
             entry.init_args.save_dir, entry.init_args.name, entry.init_args.version = str(save_dir), name, version
 
+    @override
     def instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else None
         # With --ckpt_path the weights come from the checkpoint (Lightning applies its saved
