@@ -22,7 +22,7 @@ FINETUNE = str(ROOT / "configs" / "finetune.yaml")
 # the quickstart recipe, short: 1 epoch of 40 steps
 QUICK = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=40", "--trainer.limit_val_batches=4",
          "--trainer.limit_test_batches=4", "--model.warmup_epochs=0.2", NO_PROGRESS_BAR]
-CLASSES = (0, 1, 3, 7)  # T-shirt/top, Trouser, Dress, Sneaker: 150 + 25 + 50 images each
+CLASSES = (0, 1, 3, 7)  # T-shirt/top, Trouser, Dress, Sneaker: 150 + 25 + 100 images each
 
 
 def _dcls_zoo(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -78,7 +78,7 @@ def test_fit_export_push_load_finetune_push(tmp_path, fake_hub):
     _dcls_zoo("fit", "-c", QUICKSTART, *QUICK, "--test_after_fit=true", "--export_after_fit=true", cwd=tmp_path, env=env)
     (run,) = (tmp_path / "logs" / "quickstart").glob("version_*")
     summary = json.loads((run / "summary.json").read_text())
-    export = Path(summary["export_dir"])
+    export = tmp_path / summary["export_dir"]  # relative to the run's working directory
     _dcls_zoo("push", str(export), "--repo-id", "tester/quick", cwd=tmp_path, env=env)
 
     # `dcls-zoo test` scores the first 4 batches of held-out images; the card's recipe gets the same images raw
@@ -90,7 +90,7 @@ def test_fit_export_push_load_finetune_push(tmp_path, fake_hub):
     tested = summary["test/top1"]
     assert tested > 0.5  # a trained model, so that agreement means something
     for source in (f"local-dir:{export}", "hf-hub:tester/quick"):
-        assert _card_top1(source, export / "README.md", scored, tmp_path, env) == pytest.approx(tested, abs=1e-6), source
+        assert _card_top1(source, export / "README.md", scored, tmp_path, env) == pytest.approx(tested, abs=1e-4), source  # summary.json rounds to 4 places
 
     # 2. back through torch.hub on the checkout, from the Hub, sha256-checked
     hub_load = ("import sys, torch; m = torch.hub.load(sys.argv[1], 'create_model', 'hf-hub:tester/quick', "
@@ -99,11 +99,12 @@ def test_fit_export_push_load_finetune_push(tmp_path, fake_hub):
                             text=True, timeout=600)
     assert result.returncode == 0 and result.stdout.split() == ["ConvNeXtDcls", "10"], result.stderr[-3000:]
 
-    # 3. fine-tune on RGB class folders from the Hub weights, naming no architecture: 600 images, 37 steps
-    folders = class_folders(tmp_path / "folders", CLASSES, {"train": 150, "val": 25, "test": 50})
+    # 3. fine-tune on RGB class folders from the Hub weights, naming no architecture: 600 images, 2 x 37 steps
+    folders = class_folders(tmp_path / "folders", CLASSES, {"train": 150, "val": 25, "test": 100})
     finetune = ["--model.pretrained=hf-hub:tester/quick", f"--data.init_args.root={folders}",
                 "--data.init_args.image_size=32", "--data.init_args.batch_size=16", "--data.init_args.num_workers=0",
-                "--trainer.max_epochs=1", "--trainer.accelerator=cpu", "--trainer.devices=1", "--model.warmup_epochs=0.3",
+                "--data.init_args.test_dir=test",
+                "--trainer.max_epochs=2", "--trainer.accelerator=cpu", "--trainer.devices=1", "--model.warmup_epochs=0.3",
                 "--model.mixup_alpha=0", "--model.optimizer.init_args.lr=0.002", NO_PROGRESS_BAR]
     fit = _dcls_zoo("fit", "-c", FINETUNE, *finetune, cwd=tmp_path, env=env)
     assert "new classifier head.fc for 4 classes" in fit.stdout + fit.stderr
@@ -111,7 +112,7 @@ def test_fit_export_push_load_finetune_push(tmp_path, fake_hub):
     (tuned,) = (tmp_path / "logs" / "finetune").glob("version_*")
     tuned_summary = json.loads((tuned / "summary.json").read_text())
     assert tuned_summary["arch"] == "convnext_dcls_atto"  # the weights brought their model
-    assert tuned_summary["global_steps"] == 37
+    assert tuned_summary["global_steps"] == 74
 
     # 4. test the best checkpoint with the same command; the card's recipe reproduces it on the class folders
     _dcls_zoo("test", "-c", FINETUNE, *finetune, "--ckpt_path=best", cwd=tmp_path, env=env)
@@ -124,10 +125,11 @@ def test_fit_export_push_load_finetune_push(tmp_path, fake_hub):
     folder_test = ImageFolder(str(folders / "test"))  # the DataModule's own order of the test folder
     rgb = _images(tmp_path / "tuned_test.npz", [np.asarray(Image.open(path).convert("RGB")) for path, _ in folder_test.samples],
                   [label for _, label in folder_test.samples])
-    tuned_export = Path(tuned_summary["export_dir"])
+    tuned_export = tmp_path / tuned_summary["export_dir"]
     assert _card_top1(f"local-dir:{tuned_export}", tuned_export / "README.md", rgb, tmp_path, env) == pytest.approx(tested, abs=1e-6)
 
-    # the averaged weights never hide what training learned: the EMA export within a point of the raw weights
+    # the averaged weights never hide what training learned: on 400 test images, the EMA export within a
+    # point of the raw weights of the same last.ckpt (a fixed 0.999 decay stays near the start: see test_averaging)
     last = tuned / "checkpoints" / "last.ckpt"
     _dcls_zoo("export", str(last), "--out", str(tmp_path / "raw"), "--no-ema", cwd=tmp_path, env=env)
     _dcls_zoo("export", str(last), "--out", str(tmp_path / "ema"), "--ema", cwd=tmp_path, env=env)

@@ -319,9 +319,14 @@ def test_which_runs_are_reused_resumed_or_retrained(tmp_path):
     same = root / "version_1"
     identity.write(same)
     (same / "checkpoints").mkdir()
-    (same / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    import torch
+
+    torch.save({"state_dict": {}}, same / "checkpoints" / "last.ckpt")
     job = _plan(tmp_path, arm, seed, identity)
     assert job.action == "resume" and job.resume_from == same / "checkpoints" / "last.ckpt"
+    (same / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")  # nothing to resume from
+    assert _plan(tmp_path, arm, seed, identity).action == "train"
+    torch.save({"state_dict": {}}, same / "checkpoints" / "last.ckpt")
 
     RunSummary("convnext_dcls_atto", 1, 2, 1.0, test={"test/top1": 0.6}, params=1, macs_per_image=1).write(same)
     job = _plan(tmp_path, arm, seed, identity)
