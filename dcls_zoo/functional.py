@@ -286,8 +286,11 @@ def check_parameters(weight: Tensor, P: Tensor, SIG: Tensor | None, bias: Tensor
     for name, value in (("SIG", SIG), ("bias", bias)):
         if value is not None and not isinstance(value, Tensor):
             raise TypeError(f"{name} must be a Tensor or None, got {type(value).__name__}")
-    _memoised_shapes(weight.shape, P.shape, None if SIG is None else SIG.shape,
-                     None if bias is None else bias.shape, geometry)
+    shapes = (weight.shape, P.shape, None if SIG is None else SIG.shape, None if bias is None else bias.shape)
+    if is_compiling():  # checked once while tracing; Dynamo would warn about stepping over the memo
+        _check_shapes(*shapes, geometry)
+    else:
+        _memoised_shapes(*shapes, geometry)
 
 
 FootprintsArgument = Union[Footprints, Callable[[], Footprints], None]

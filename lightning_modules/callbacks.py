@@ -227,7 +227,7 @@ class HubPushCallback(Callback):
         metrics = {key: round(float(value), 6) for key, value in trainer.callback_metrics.items() if value.numel() == 1}
         if metrics and "metrics" not in card:
             card["metrics"] = metrics
-        if "training" not in card and trainer.datamodule is not None:
+        if "training" not in card:
             card["training"] = training_record(trainer, pl_module, trainer.datamodule, epochs=epochs_done,
                                                steps=trainer.global_step,
                                                weights=f"the weights at push '{name}' (dcls-zoo HubPushCallback)")

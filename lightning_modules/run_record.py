@@ -88,7 +88,8 @@ def training_record(trainer: pl.Trainer, module: pl.LightningModule, datamodule:
     pretrained = module.hparams.get("pretrained")
     record = {
         "initial weights": f"fine-tuned from {pretrained}" if pretrained else "random initialisation",
-        "data": describe() if callable(describe) else type(datamodule).__name__,
+        "data": (describe() if callable(describe) else type(datamodule).__name__) if datamodule is not None
+        else "dataloaders passed to Trainer.fit (no DataModule)",
         "epochs": f"{epochs} ({steps} optimizer steps" + (f", batch {batch_size}" if batch_size else "") + ")",
         "optimizer": _optimizer_phrase(trainer, module),
         "schedule": _schedule_phrase(module.hparams),

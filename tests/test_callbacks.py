@@ -43,7 +43,7 @@ def test_pushes_every_n_epochs_and_at_the_end(fake_hub, tmp_path):
     assert {"model.safetensors", "config.json", "README.md"} <= set(files)
     card = files["README.md"].decode()
     assert "train_loss" in card  # the card reports the run: its metrics...
-    assert "2 epoch(s), 4 optimizer steps" in card  # ...and how long it trained
+    assert "| epochs | 2 (4 optimizer steps) |" in card  # ...and how long it trained
     loaded = dcls_zoo.create_model("hf-hub:dcls-test/callback", pretrained=True).eval()
     images = torch.randn(2, 3, 16, 16)
     with torch.no_grad():

@@ -13,7 +13,8 @@ from helpers import QUICKSTART
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from safetensors.torch import load_file
 
-from dcls_zoo.positions import mean_position_shift, position_snapshot
+import dcls_zoo
+from dcls_zoo.positions import mean_position_shift, position_owners, position_snapshot
 from lightning_modules import ImageClassifier
 from lightning_modules.commands.main import main
 from lightning_modules.method import ClampPositions, SigmaSchedule
@@ -159,16 +160,27 @@ def test_a_frozen_run_keeps_its_positions_bit_for_bit_and_trains_the_rest(tmp_pa
 
 @pytest.mark.slow
 def test_a_resumed_run_measures_from_the_positions_it_first_started_from(tmp_path, monkeypatch):
-    """Resumed under another seed (its network is built with other positions, then overwritten by
-    the checkpoint's), the summary still measures from the first part's start."""
+    """The resumed part's network is built with other positions (here mirrored), then overwritten by
+    the checkpoint's: the summary still measures from the first part's start, which the checkpoint
+    carries, never from the rebuilt network."""
     monkeypatch.chdir(tmp_path)
     common = ["fit", "-c", QUICKSTART, *SHORT_RUN, "--model.position_lr_scale=50", "--export_after_fit=false"]
     assert main([*common, "--trainer.callbacks+=run_helpers.StopAfterEpoch"]) == 0
-    assert main([*common, "--ckpt_path=last", "--seed_everything=7"]) == 0
+    start, build = _fresh(0), dcls_zoo.create_model
+
+    def mirrored_positions(*args, **kwargs):
+        model = build(*args, **kwargs)
+        with torch.no_grad():
+            for holder in position_owners(model):
+                holder.owner.P.neg_()
+        return model
+
+    monkeypatch.setattr(dcls_zoo, "create_model", mirrored_positions)
+    assert main([*common, "--ckpt_path=last"]) == 0
     summary = json.loads((_run(tmp_path) / "summary.json").read_text())
     assert "resumed_from" in summary and summary["positions_frozen"] is False
-    start, other = _fresh(0), _fresh(7)
-    assert not torch.equal(start.initial_positions["stages.0"], other.initial_positions["stages.0"])
+    rebuilt = _fresh(0)  # what the resumed part built before the checkpoint's weights replaced it
+    assert not torch.equal(start.initial_positions["stages.0"], rebuilt.initial_positions["stages.0"])
     tested = torch.load(summary["best_checkpoint"], weights_only=True)["state_dict"]
     for index in range(4):
         moved = tested[f"model.stages.{index}.dcls_shared.conv_dw.P"] - start.initial_positions[f"stages.{index}"]

@@ -36,9 +36,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.convmixer import ConvMixer
 
+from ..layers import DclsConvNd
 from ..positions import spread_model_positions_
 from ..weights.pretrained import build_model_with_weights
 from .dclsify import DclsifyReport, dclsify
+from .init import init_model_positions, reset_module_parameters
 
 __all__ = ["ConvMixerDcls"]
 
@@ -95,6 +97,7 @@ class ConvMixerDcls(ConvMixer):
                              f"got {dcls_kernel_size!r}")
         super().__init__(dim, depth, kernel_size=kernel_size, patch_size=patch_size, **kwargs)
         self.channels_last = bool(channels_last)
+        self.dcls_position_init = dcls_position_init  # what init_weights draws again
         self.dclsify_report: DclsifyReport | None = None
         if dcls_kernel_size is not None:
             self.dclsify_report = dclsify(
@@ -104,6 +107,26 @@ class ConvMixerDcls(ConvMixer):
             )
             if dcls_position_init == "uniform":
                 spread_model_positions_(self)
+
+    @torch.no_grad()
+    def init_weights(self, needs_reset: bool = True) -> None:
+        """Initialise every parameter and buffer as a fresh build does: after ``to_empty`` (a
+        ``device="meta"`` build), or to start over.
+
+        timm's ConvMixer keeps PyTorch's default init everywhere; so does this:
+
+        1. (``needs_reset``) every plain module's ``reset_parameters`` (convolutions, linear,
+           BatchNorm weights and running statistics);
+        2. the DCLS layers' own init: kaiming-uniform weights, as the official layers;
+        3. the positions (shared or per layer): ``N(0, 0.5)`` clamped, or uniform over the window
+           when the model was built with ``dcls_position_init="uniform"``.
+        """
+        if needs_reset:
+            reset_module_parameters(self)
+        for module in self.modules():
+            if isinstance(module, DclsConvNd):
+                module.reset_parameters()
+        init_model_positions(self, self.dcls_position_init)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, in_chans, H, W)`` -> ``(B, dim, H / patch, W / patch)`` (channels-last memory when asked)."""
