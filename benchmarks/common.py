@@ -17,7 +17,6 @@ Run ``python benchmarks/common.py`` to self-check the tracker.
 from __future__ import annotations
 
 import argparse
-
 import gc
 import math
 import time

@@ -31,9 +31,9 @@ from torch import Tensor
 # The script is run from a checkout, so make the repository's package importable without installing.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import MIB, best_time_seconds, check_memory_tracker, machine_description, peak_memory_bytes  # noqa: E402
 from DCLS.construct.modules import ConstructKernel2d  # noqa: E402
 
-from common import MIB, best_time_seconds, check_memory_tracker, machine_description, peak_memory_bytes  # noqa: E402
 from dcls_zoo.construct import construct_kernel  # noqa: E402
 
 CHANNELS = (96, 192, 384, 768)  # ConvNeXt-T stage widths

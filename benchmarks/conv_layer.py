@@ -39,6 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import add_run_arguments, apply_run_arguments, best_time_seconds, machine_description  # noqa: E402
+
 from dcls_zoo import Dcls2d  # noqa: E402
 from dcls_zoo.construct import position_bounds  # noqa: E402
 

@@ -50,8 +50,6 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import dcls_zoo  # noqa: E402
-from dcls_zoo import autotune, backends  # noqa: E402
 from common import (  # noqa: E402
     MIB,
     add_run_arguments,
@@ -62,6 +60,9 @@ from common import (  # noqa: E402
     peak_memory_bytes,
 )
 from compiled import Settings, side_by_side  # noqa: E402
+
+import dcls_zoo  # noqa: E402
+from dcls_zoo import autotune, backends  # noqa: E402
 
 BASELINE = "convnext_tiny"
 TRAINED = ("convnext_dcls_tiny", "convnext_dcls_gauss_tiny")

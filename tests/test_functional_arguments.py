@@ -12,8 +12,7 @@ import warnings
 import pytest
 import torch
 
-from dcls_zoo import Dcls2d, dcls_conv, dcls_kernel
-from dcls_zoo import functional
+from dcls_zoo import Dcls2d, dcls_conv, dcls_kernel, functional
 
 # depthwise 2D: 8 channels, 6 elements per kernel, a 5x5 window; P (2, 8, 1, 6)
 WEIGHT = (8, 1, 6)

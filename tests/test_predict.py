@@ -27,8 +27,8 @@ def test_predict_writes_named_top_k_from_the_checkpoint(tmp_path, monkeypatch):
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    (line,) = [l for l in result.stdout.splitlines() if l.startswith("dcls-zoo predict: wrote")]
-    path = tmp_path / line.rsplit(" to ", 1)[1]
+    (written,) = [entry for entry in result.stdout.splitlines() if entry.startswith("dcls-zoo predict: wrote")]
+    path = tmp_path / written.rsplit(" to ", 1)[1]
     assert path == run / "predict" / "last" / "predictions.csv"  # inside the checkpoint's run
     assert list((tmp_path / "logs" / "quickstart").iterdir()) == [run]
     rows = list(csv.DictReader(open(path)))

@@ -28,8 +28,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 from helpers import ROOT, point_hub_client_at
-from safetensors.torch import save_file
 from huggingface_hub import constants as hf_constants
+from safetensors.torch import save_file
 
 import dcls_zoo
 from dcls_zoo.errors import ChecksumMismatchError, PretrainedWeightsError

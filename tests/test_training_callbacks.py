@@ -497,7 +497,7 @@ def test_spread_and_speed_curves_mark_the_repulsive_loss_and_label_their_axes():
     speeds = plot_speeds({"stages.0": [(1, 0.3), (2, 0.2)]}, repulsive_start=2)
     lines = {line.get_label(): line for line in speeds.axes[0].get_lines()}
     assert list(lines["repulsive loss starts"].get_xdata()) == [2, 2]
-    assert "repulsive loss starts" not in {l.get_label() for l in plot_spreads(spreads).axes[0].get_lines()}
+    assert "repulsive loss starts" not in {artist.get_label() for artist in plot_spreads(spreads).axes[0].get_lines()}
 
 
 def test_position_histograms_have_an_epoch_colour_bar():
