@@ -54,6 +54,7 @@ SHIPPED = {
     "full": ({"dcls", "k7", "dil2", "dense"}, "k7"),
     "ablation": ({"dcls", "dcls_fast", "dcls_frozen", "k7", "dense"}, "dcls_frozen"),
     "convmixer": ({"dcls", "dcls_fast", "dcls_frozen", "k5", "k13"}, "dcls_frozen"),
+    "full_ablation": ({"dcls", "dcls_fast", "dcls_frozen", "k7"}, "dcls_frozen"),
 }
 
 
